@@ -1,0 +1,1 @@
+"""The whitelist, the local directory of BALs, national directory publication ([directory])."""

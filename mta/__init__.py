@@ -1,0 +1,1 @@
+"""The MSSanté MTA: inbound MX, submission, outbound queue runner (see the [mta] issue)."""

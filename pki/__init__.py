@@ -1,0 +1,1 @@
+"""IGC-Santé certificates, TLS contexts and S/MIME (see the [pki] issue)."""

@@ -1,0 +1,190 @@
+"""Content-addressed blob storage: one file per distinct message, named by its SHA-256.
+
+Layout: ``<root>/ab/cd/<64 hex digits>``. A blob is written to ``<root>/tmp``, fsync'd, renamed
+into place and its directory fsync'd, so a name that exists always holds complete content: a crash leaves
+at most an orphan temporary file, never a torn blob. Identical messages (a copy, a re-delivery) share
+one file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import mmap
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+from store.errors import BlobMissing, InvalidInput
+
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+READ_CHUNK = 256 * 1024
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobStore:
+    """Durable, content-addressed files under ``root``. Blocking work runs in a thread pool so
+    concurrent writers overlap their fsyncs."""
+
+    def __init__(self, root: Path | str, *, io_threads: int = 32) -> None:
+        self.root = Path(root)
+        self._tmp = self.root / "tmp"
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="blob-io")
+        self._known_dirs: set[Path] = set()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    def path(self, digest: str) -> Path:
+        if not _DIGEST.match(digest):
+            raise InvalidInput(f"not a blob digest: {digest!r}")
+        return self.root / digest[:2] / digest[2:4] / digest
+
+    def exists(self, digest: str) -> bool:
+        return self.path(digest).exists()
+
+    async def put(self, data: bytes | bytearray | memoryview) -> tuple[str, int]:
+        """Store ``data`` durably; return (sha256 hex digest, size)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._put_sync, data)
+
+    def put_sync(self, data: bytes | bytearray | memoryview) -> tuple[str, int]:
+        return self._put_sync(data)
+
+    def _put_sync(self, data: bytes | bytearray | memoryview) -> tuple[str, int]:
+        digest = hashlib.sha256(data).hexdigest()
+        final = self.path(digest)
+        if final.exists():
+            return digest, len(data)
+        tmp = self._tmp / uuid.uuid4().hex
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        self._install(tmp, final)
+        return digest, len(data)
+
+    def writer(self) -> BlobWriter:
+        """An incremental writer, for messages streamed from the network (never held in memory)."""
+        return BlobWriter(self)
+
+    def _install(self, tmp: Path, final: Path) -> None:
+        self._ensure_dir(final.parent)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+
+    def _ensure_dir(self, directory: Path) -> None:
+        if directory in self._known_dirs:
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        # The directory entries themselves must reach the disk before a blob inside them counts;
+        # done once per directory and process, also when another thread created it.
+        _fsync_dir(self.root)
+        _fsync_dir(directory.parent)
+        self._known_dirs.add(directory)
+
+    async def read(self, digest: str) -> bytes:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.read_sync, digest)
+
+    def read_sync(self, digest: str) -> bytes:
+        try:
+            return self.path(digest).read_bytes()
+        except FileNotFoundError:
+            raise BlobMissing(digest) from None
+
+    async def read_range(self, digest: str, start: int, end: int) -> bytes:
+        """Octets ``[start, end)`` of a blob: a partial IMAP FETCH reads only what it sends."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._read_range_sync, digest, start, end)
+
+    def _read_range_sync(self, digest: str, start: int, end: int) -> bytes:
+        try:
+            with open(self.path(digest), "rb") as f:
+                f.seek(start)
+                return f.read(max(0, end - start))
+        except FileNotFoundError:
+            raise BlobMissing(digest) from None
+
+    async def stream(self, digest: str) -> AsyncIterator[bytes]:
+        """The blob in chunks, for large bodies sent to a socket."""
+        size = (
+            await asyncio.get_running_loop().run_in_executor(None, self.path(digest).stat)
+        ).st_size
+        offset = 0
+        while offset < size:
+            chunk = await self.read_range(digest, offset, min(size, offset + READ_CHUNK))
+            if not chunk:
+                raise BlobMissing(digest)
+            offset += len(chunk)
+            yield chunk
+
+    @contextmanager
+    def mapped(self, digest: str) -> Iterator[mmap.mmap | bytes]:
+        """The blob memory-mapped (large messages are parsed without being copied)."""
+        try:
+            f = open(self.path(digest), "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            raise BlobMissing(digest) from None
+        with f:
+            if os.fstat(f.fileno()).st_size == 0:
+                yield b""
+                return
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                yield m
+
+    def digests(self) -> Iterator[str]:
+        """Every blob present (for garbage collection and the port tool)."""
+        for path in self.root.glob("??/??/*"):
+            if _DIGEST.match(path.name):
+                yield path.name
+
+
+class BlobWriter:
+    """Writes a blob chunk by chunk; ``commit()`` makes it durable and returns its digest."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+        self._hash = hashlib.sha256()
+        self._tmp = store._tmp / uuid.uuid4().hex
+        self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+        self.size = 0
+
+    async def write(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        self.size += len(chunk)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._store._executor, self._file.write, chunk)
+
+    async def commit(self) -> str:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._store._executor, self._commit_sync)
+
+    def _commit_sync(self) -> str:
+        digest = self._hash.hexdigest()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        final = self._store.path(digest)
+        if final.exists():
+            self._tmp.unlink()
+        else:
+            self._store._install(self._tmp, final)
+        return digest
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)

@@ -1,0 +1,142 @@
+"""The change feed: wait until "something changed in folder F" (IMAP IDLE, webmail push).
+
+A notification carries only the folder and its new HIGHESTMODSEQ; a watcher then asks the store what
+changed since the MODSEQ it knew (``Store.changes_since``), so lost or duplicated notifications are
+harmless. In one process (SQLite) the store publishes after each commit; with PostgreSQL every
+process also LISTENs on one channel, and writers NOTIFY inside their transaction, so a delivery made
+by any front end reaches the IDLE sessions of all the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "colombe_changes"
+ALL_FOLDERS = -1  # published after a reconnect: every watcher must re-check
+
+
+class FolderWatch:
+    """A subscription to one folder. ``wait()`` returns once a change newer than ``seen`` arrives."""
+
+    def __init__(self, folder_id: int) -> None:
+        self.folder_id = folder_id
+        self.modseq = 0
+        self._event = asyncio.Event()
+
+    def _notify(self, modseq: int) -> None:
+        self.modseq = max(self.modseq, modseq)
+        self._event.set()
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """True when a change arrived (since the previous wait), False on timeout."""
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            return False
+        self._event.clear()
+        return True
+
+
+class ChangeFeed:
+    """In-process fan-out of folder changes."""
+
+    def __init__(self) -> None:
+        self._watches: dict[int, set[FolderWatch]] = defaultdict(set)
+
+    @contextlib.asynccontextmanager
+    async def watch(self, folder_id: int) -> AsyncIterator[FolderWatch]:
+        w = FolderWatch(folder_id)
+        self._watches[folder_id].add(w)
+        try:
+            yield w
+        finally:
+            watchers = self._watches.get(folder_id)
+            if watchers is not None:
+                watchers.discard(w)
+                if not watchers:
+                    del self._watches[folder_id]
+
+    def publish(self, folder_id: int, modseq: int) -> None:
+        if folder_id == ALL_FOLDERS:
+            for watchers in self._watches.values():
+                for w in watchers:
+                    w._notify(modseq)
+            return
+        for w in self._watches.get(folder_id, ()):
+            w._notify(modseq)
+
+    def watcher_count(self) -> int:
+        return sum(len(s) for s in self._watches.values())
+
+    async def start(self) -> None:
+        """Nothing to start in process; the PostgreSQL feed connects its listener here."""
+
+    async def close(self) -> None:
+        """Nothing to stop in process."""
+
+
+class PostgresChangeFeed(ChangeFeed):
+    """Receives NOTIFYs from every process sharing the database (LISTEN on a dedicated connection)."""
+
+    RECONNECT_DELAY = 1.0
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__()
+        self._dsn = dsn
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen_forever(), name="pg-change-feed")
+        # Deliveries made before LISTEN is active would not be heard; wait for it (bounded).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), 10)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            folder, _, modseq = payload.partition(":")
+            self.publish(int(folder), int(modseq))
+        except ValueError:
+            log.warning("ignoring malformed change notification %r", payload[:64])
+
+    async def _listen_forever(self) -> None:
+        import asyncpg
+
+        first = True
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self._dsn)
+                await conn.add_listener(CHANNEL, self._on_notify)
+                self._connected.set()
+                if not first:
+                    # Changes made while we were disconnected were not heard: wake everyone.
+                    self.publish(ALL_FOLDERS, 0)
+                first = False
+                closed = asyncio.Event()
+                conn.add_termination_listener(lambda _c, ev=closed: ev.set())
+                await closed.wait()
+                log.warning("change feed connection lost; reconnecting")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("change feed cannot listen (%s); retrying", type(exc).__name__)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(conn.close(timeout=2))
+            await asyncio.sleep(self.RECONNECT_DELAY)

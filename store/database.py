@@ -1,0 +1,134 @@
+"""Engines for the two supported databases, and schema migration.
+
+SQLite (the embedded default) runs in WAL mode with ``synchronous=FULL``: a commit that returned is
+on disk. It has one writer at a time, so the store keeps a single-connection write engine whose
+transactions start with ``BEGIN IMMEDIATE`` (no deadlock on lock upgrade, fair queueing between
+processes through ``busy_timeout``) and a separate read engine whose transactions never block writers.
+PostgreSQL uses one pooled engine for both.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from store.errors import InvalidInput
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalise_url(url: str) -> str:
+    """Accept the URLs an operator writes and pick our async drivers.
+
+    ``sqlite:///var/colombe.db`` -> ``sqlite+aiosqlite:///var/colombe.db``;
+    ``postgresql://...`` / ``postgres://...`` -> ``postgresql+asyncpg://...``.
+    """
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise InvalidInput(f"not a database URL: {url!r} ({exc})") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+    if backend in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    raise InvalidInput(
+        f"unsupported database {backend!r} in {url!r}: use sqlite:/// or postgresql://"
+    )
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not the driver, emit BEGIN (see _sqlite_begin_*).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in (
+        "PRAGMA journal_mode=WAL",
+        # FULL: a committed transaction survives power loss, not only a process crash.
+        "PRAGMA synchronous=FULL",
+        f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+        "PRAGMA foreign_keys=ON",
+    ):
+        cursor.execute(pragma)
+    cursor.close()
+
+
+def _sqlite_begin_immediate(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _sqlite_begin_deferred(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
+@dataclass(slots=True)
+class Database:
+    """The engines of one store. ``writer`` for transactions that write, ``reader`` for the rest."""
+
+    url: str
+    dialect: str
+    writer: AsyncEngine
+    reader: AsyncEngine
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.dialect == "postgresql"
+
+    @classmethod
+    def connect(cls, url: str) -> Database:
+        url = normalise_url(url)
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            writer = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=60)
+            reader = create_async_engine(url, pool_size=4, max_overflow=4)
+            event.listen(writer.sync_engine, "connect", _sqlite_on_connect)
+            event.listen(writer.sync_engine, "begin", _sqlite_begin_immediate)
+            event.listen(reader.sync_engine, "connect", _sqlite_on_connect)
+            event.listen(reader.sync_engine, "begin", _sqlite_begin_deferred)
+            return cls(url=url, dialect="sqlite", writer=writer, reader=reader)
+        engine = create_async_engine(
+            url, pool_size=int(os.environ.get("COLOMBE_DB_POOL_SIZE", "10")), max_overflow=10
+        )
+        return cls(url=url, dialect="postgresql", writer=engine, reader=engine)
+
+    async def dispose(self) -> None:
+        await self.writer.dispose()
+        if self.reader is not self.writer:
+            await self.reader.dispose()
+
+
+def _alembic_config(connection: Connection) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+async def migrate(db: Database) -> None:
+    """Bring the schema to the newest revision (idempotent)."""
+
+    def upgrade(connection: Connection) -> None:
+        command.upgrade(_alembic_config(connection), "head")
+
+    async with db.writer.begin() as conn:
+        await conn.run_sync(upgrade)
+
+
+async def schema_revision(db: Database) -> str | None:
+    """The revision the database is at, or None for an empty database."""
+    from alembic.runtime.migration import MigrationContext
+
+    def current(connection: Connection) -> str | None:
+        return MigrationContext.configure(connection).get_current_revision()
+
+    async with db.reader.connect() as conn:
+        return await conn.run_sync(current)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the store schema. Applied by :meth:`store.Store.open` (``migrate=True``)."""

@@ -1,0 +1,217 @@
+"""The database schema, in SQLAlchemy Core. Alembic migrations (store/migrations) create it.
+
+One schema for SQLite and PostgreSQL: types are chosen so that both engines store the same values
+(timestamps always UTC-aware, JSON as text on SQLite and ``json`` on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always returned timezone-aware, on both engines."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use an aware one")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# SQLite only aliases INTEGER PRIMARY KEY to the rowid; BIGINT would not autoincrement there.
+Id = BigInteger().with_variant(Integer, "sqlite")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+domains = Table(
+    "domains",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(253), nullable=False, unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+bals = Table(
+    "bals",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("address", String(320), nullable=False, unique=True),
+    Column("domain_id", Id, ForeignKey("domains.id"), nullable=False),
+    Column("type", String(3), nullable=False),
+    Column("national_id", String(64)),
+    Column("display_name", String(256), nullable=False),
+    Column("profession", String(128)),
+    Column("description", Text),
+    Column("liste_rouge", Boolean, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("placement", String(2), nullable=False),
+    # The highest UIDVALIDITY given to any folder of this BAL, deleted ones included.
+    Column("last_uidvalidity", BigInteger, nullable=False, server_default="0"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index(None, "national_id"),
+    Index(None, "domain_id"),
+)
+
+credentials = Table(
+    "credentials",
+    metadata,
+    Column("bal_id", Id, ForeignKey("bals.id", ondelete="CASCADE"), primary_key=True),
+    Column("password_hash", String(256), nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+delegations = Table(
+    "delegations",
+    metadata,
+    Column("bal_id", Id, ForeignKey("bals.id", ondelete="CASCADE"), nullable=False),
+    Column("delegate_id", Id, ForeignKey("bals.id", ondelete="CASCADE"), nullable=False),
+    Column("can_read", Boolean, nullable=False),
+    Column("can_write", Boolean, nullable=False),
+    Column("can_send", Boolean, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("bal_id", "delegate_id"),
+    Index(None, "delegate_id"),
+)
+
+folders = Table(
+    "folders",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("bal_id", Id, ForeignKey("bals.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(1024), nullable=False),
+    Column("special_use", String(16)),
+    Column("uidvalidity", BigInteger, nullable=False),
+    Column("uid_next", BigInteger, nullable=False),
+    Column("highest_modseq", BigInteger, nullable=False),
+    Column("subscribed", Boolean, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("bal_id", "name"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("folder_id", Id, ForeignKey("folders.id", ondelete="CASCADE"), nullable=False),
+    Column("uid", BigInteger, nullable=False),
+    Column("modseq", BigInteger, nullable=False),
+    Column("internal_date", UTCDateTime, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("blob", String(64), nullable=False),
+    Column("flags", Integer, nullable=False),
+    Column("keywords", JSON, nullable=False),
+    # Metadata computed once at delivery (store.mime) so that reading never re-parses MIME.
+    Column("envelope", JSON, nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("header", LargeBinary, nullable=False),
+    Column("subject", Text),
+    Column("message_id", Text),
+    Column("sent_date", UTCDateTime),
+    Column("from_addr", Text),
+    Column("problems", JSON),
+    UniqueConstraint("folder_id", "uid"),
+    Index(None, "folder_id", "modseq"),
+    Index(None, "blob"),
+)
+
+# RFC 7162 §3.2.10 (QRESYNC VANISHED): expunged UIDs are remembered with the MODSEQ of the expunge.
+expunged = Table(
+    "expunged",
+    metadata,
+    Column("folder_id", Id, ForeignKey("folders.id", ondelete="CASCADE"), nullable=False),
+    Column("uid", BigInteger, nullable=False),
+    Column("modseq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("folder_id", "uid"),
+    Index(None, "folder_id", "modseq"),
+)
+
+outbound_queue = Table(
+    "outbound_queue",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("sender_bal", String(320)),
+    Column("mail_from", String(320), nullable=False),
+    Column("recipients", JSON, nullable=False),
+    Column("envid", String(100)),
+    Column("ret", String(4)),
+    Column("blob", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("claimed_by", String(128)),
+    Column("claimed_until", UTCDateTime),
+    Column("last_error", Text),
+    Index(None, "status", "next_attempt_at"),
+    Index(None, "blob"),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(320), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("bal", String(320)),
+    Column("source", String(128)),
+    Column("result", String(32), nullable=False),
+    Column("detail", JSON),
+    Index(None, "at"),
+    Index(None, "bal", "at"),
+)
+
+# Order in which the port tool copies tables (parents before children).
+TABLES_IN_DEPENDENCY_ORDER: tuple[Table, ...] = (
+    domains,
+    bals,
+    credentials,
+    delegations,
+    folders,
+    messages,
+    expunged,
+    outbound_queue,
+    audit,
+)

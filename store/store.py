@@ -1,0 +1,1155 @@
+"""The store's public API: intention-revealing async methods over the database and the blobs."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import and_, case, delete, func, insert, or_, select, text, update
+from sqlalchemy.engine import Row, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from store import mime
+from store.blobs import BlobStore
+from store.changes import CHANNEL, ChangeFeed, PostgresChangeFeed
+from store.database import Database, migrate
+from store.delivery import FolderVanished, GroupCommitter
+from store.errors import (
+    BalExists,
+    BalNotFound,
+    DomainExists,
+    DomainNotFound,
+    FolderExists,
+    FolderNotFound,
+    InvalidInput,
+    StoreError,
+)
+from store.model import (
+    DEFAULT_FOLDERS,
+    NO_FLAGS,
+    AuditRecord,
+    Bal,
+    BalStatus,
+    BalType,
+    Delegation,
+    DeliveryResult,
+    Domain,
+    Flag,
+    FlagChange,
+    Folder,
+    FolderChanges,
+    MessageInfo,
+    Placement,
+    QueueEntry,
+    QueueStatus,
+    Recipient,
+)
+from store.schema import (
+    audit,
+    bals,
+    credentials,
+    delegations,
+    domains,
+    expunged,
+    folders,
+    messages,
+    outbound_queue,
+)
+
+# Messages above this size are parsed in a worker thread so the event loop stays responsive.
+PARSE_INLINE_LIMIT = 256 * 1024
+# The top-level header block is kept in the row (HEADER fetches need no blob read) up to this size.
+HEADER_ROW_LIMIT = 64 * 1024
+MAX_KEYWORD_LENGTH = 128
+MAX_FOLDER_NAME = 1024
+FOLDER_DELIMITER = "/"
+SQL_IN_CHUNK = 500
+
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_LOCAL_PART = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}$")
+_KEYWORD = re.compile(r"^[!#$&'+,\-.0-9:;<=>?@A-Z^_`a-z|~]+$")  # RFC 9051 atom minus specials
+
+Message = bytes | bytearray | memoryview
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def normalise_address(address: str) -> str:
+    """Lower-case and validate a BAL address (``local@domain``)."""
+    address = address.strip().lower()
+    local, at, domain = address.rpartition("@")
+    if not at or not _LOCAL_PART.match(local) or not _DOMAIN.match(domain) or ".." in local:
+        raise InvalidInput(f"not a valid mailbox address: {address!r}")
+    return address
+
+
+def normalise_domain(name: str) -> str:
+    name = name.strip().lower().rstrip(".")
+    if not _DOMAIN.match(name):
+        raise InvalidInput(f"not a valid domain name: {name!r}")
+    return name
+
+
+def normalise_folder_name(name: str) -> str:
+    """Validate a folder name; any case of INBOX is INBOX (RFC 9051 §5.1)."""
+    if not name or len(name.encode()) > MAX_FOLDER_NAME:
+        raise InvalidInput("folder name must be 1 to 1024 octets")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise InvalidInput("folder name contains control characters")
+    parts = name.split(FOLDER_DELIMITER)
+    if any(p == "" for p in parts):
+        raise InvalidInput(f"folder name has an empty level: {name!r}")
+    if parts[0].upper() == "INBOX":
+        parts[0] = "INBOX"
+    return FOLDER_DELIMITER.join(parts)
+
+
+def _validate_keywords(keywords: Iterable[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for k in keywords:
+        if not _KEYWORD.match(k) or len(k) > MAX_KEYWORD_LENGTH:
+            raise InvalidInput(f"not a valid IMAP keyword: {k!r}")
+        if k not in out:
+            out.append(k)
+    return tuple(out)
+
+
+def _clean_text(value: str | None) -> str | None:
+    # PostgreSQL text cannot hold NUL; such octets come only from malformed headers.
+    return value.replace("\x00", "\ufffd") if value is not None else None
+
+
+def _chunks(seq: Sequence[int], size: int = SQL_IN_CHUNK) -> Iterable[Sequence[int]]:
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
+
+
+def _domain(row: Row[Any]) -> Domain:
+    return Domain(id=row.id, name=row.name, created_at=row.created_at)
+
+
+def _bal(row: Row[Any]) -> Bal:
+    return Bal(
+        id=row.id,
+        address=row.address,
+        type=BalType(row.type),
+        national_id=row.national_id,
+        display_name=row.display_name,
+        profession=row.profession,
+        description=row.description,
+        liste_rouge=row.liste_rouge,
+        status=BalStatus(row.status),
+        placement=Placement(row.placement),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _folder(row: Row[Any]) -> Folder:
+    return Folder(
+        id=row.id,
+        bal_id=row.bal_id,
+        name=row.name,
+        special_use=row.special_use,
+        uidvalidity=row.uidvalidity,
+        uid_next=row.uid_next,
+        highest_modseq=row.highest_modseq,
+        subscribed=row.subscribed,
+    )
+
+
+def _message(row: Row[Any]) -> MessageInfo:
+    return MessageInfo(
+        folder_id=row.folder_id,
+        uid=row.uid,
+        modseq=row.modseq,
+        internal_date=row.internal_date,
+        size=row.size,
+        blob=row.blob,
+        flags=Flag(row.flags),
+        keywords=tuple(row.keywords),
+        envelope=row.envelope,
+        body=row.body,
+        header=bytes(row.header),
+        subject=row.subject,
+        message_id=row.message_id,
+        sent_date=row.sent_date,
+        from_addr=row.from_addr,
+        problems=tuple(row.problems or ()),
+    )
+
+
+def _queue_entry(row: Row[Any]) -> QueueEntry:
+    return QueueEntry(
+        id=row.id,
+        mail_from=row.mail_from,
+        recipients=tuple(Recipient(**r) for r in row.recipients),
+        blob=row.blob,
+        size=row.size,
+        status=QueueStatus(row.status),
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        created_at=row.created_at,
+        sender_bal=row.sender_bal,
+        envid=row.envid,
+        ret=row.ret,
+        last_error=row.last_error,
+    )
+
+
+class Store:
+    """One mailbox store: a database (SQLite or PostgreSQL) plus a blob directory.
+
+    Open with :meth:`open`, close with :meth:`close`. Safe to share between all the tasks of one
+    event loop; several processes may open the same store (PostgreSQL, or SQLite on one host).
+    """
+
+    def __init__(self, db: Database, blobs: BlobStore, feed: ChangeFeed) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.changes = feed
+        self._committer = GroupCommitter(db, feed)
+        self._hasher = PasswordHasher()
+        self._dummy_hash: str | None = None
+        self._folder_ids: dict[tuple[str, str], int] = {}
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls, database_url: str, blob_dir: Path | str, *, migrate_schema: bool = True
+    ) -> Store:
+        db = Database.connect(database_url)
+        try:
+            if migrate_schema:
+                await migrate(db)
+            feed: ChangeFeed
+            if db.is_postgresql:
+                dsn = make_url(db.url).set(drivername="postgresql")
+                feed = PostgresChangeFeed(dsn.render_as_string(hide_password=False))
+            else:
+                feed = ChangeFeed()
+            await feed.start()
+        except BaseException:
+            await db.dispose()
+            raise
+        return cls(db, BlobStore(blob_dir), feed)
+
+    async def close(self) -> None:
+        await self._committer.close()
+        await self.changes.close()
+        await self.db.dispose()
+        self.blobs.close()
+
+    @property
+    def commit_stats(self) -> tuple[int, int]:
+        """(commits, messages committed) by this process's group committer."""
+        return self._committer.batches, self._committer.committed
+
+    # -- domains ----------------------------------------------------------------------------------
+
+    async def add_domain(self, name: str) -> Domain:
+        name = normalise_domain(name)
+        try:
+            async with self.db.writer.begin() as conn:
+                row = (
+                    await conn.execute(
+                        insert(domains).values(name=name, created_at=_now()).returning(domains)
+                    )
+                ).one()
+        except IntegrityError:
+            raise DomainExists(name) from None
+        return _domain(row)
+
+    async def list_domains(self) -> list[Domain]:
+        async with self.db.reader.connect() as conn:
+            rows = (await conn.execute(select(domains).order_by(domains.c.name))).all()
+        return [_domain(r) for r in rows]
+
+    async def get_domain(self, name: str) -> Domain:
+        name = normalise_domain(name)
+        async with self.db.reader.connect() as conn:
+            row = (await conn.execute(select(domains).where(domains.c.name == name))).first()
+        if row is None:
+            raise DomainNotFound(name)
+        return _domain(row)
+
+    # -- BALs -------------------------------------------------------------------------------------
+
+    async def create_bal(
+        self,
+        address: str,
+        bal_type: BalType = BalType.PER,
+        *,
+        display_name: str = "",
+        national_id: str | None = None,
+        profession: str | None = None,
+        description: str | None = None,
+        liste_rouge: bool = False,
+        placement: Placement = Placement.V2,
+        password: str | None = None,
+    ) -> Bal:
+        """Create a BAL in a hosted domain, with its default folders (and a password if given)."""
+        address = normalise_address(address)
+        domain_name = address.rpartition("@")[2]
+        password_hash = await self._hash(password) if password is not None else None
+        now = _now()
+        try:
+            async with self.db.writer.begin() as conn:
+                domain_id = (
+                    await conn.execute(select(domains.c.id).where(domains.c.name == domain_name))
+                ).scalar()
+                if domain_id is None:
+                    raise DomainNotFound(domain_name)
+                row = (
+                    await conn.execute(
+                        insert(bals)
+                        .values(
+                            address=address,
+                            domain_id=domain_id,
+                            type=BalType(bal_type).value,
+                            national_id=national_id,
+                            display_name=display_name,
+                            profession=profession,
+                            description=description,
+                            liste_rouge=liste_rouge,
+                            status=BalStatus.ACTIVE.value,
+                            placement=Placement(placement).value,
+                            created_at=now,
+                            updated_at=now,
+                        )
+                        .returning(bals)
+                    )
+                ).one()
+                for name, special_use in DEFAULT_FOLDERS:
+                    await self._insert_folder(conn, row.id, name, special_use)
+                if password_hash is not None:
+                    await conn.execute(
+                        insert(credentials).values(
+                            bal_id=row.id, password_hash=password_hash, updated_at=now
+                        )
+                    )
+        except IntegrityError:
+            raise BalExists(address) from None
+        return _bal(row)
+
+    async def get_bal(self, address: str) -> Bal:
+        address = normalise_address(address)
+        async with self.db.reader.connect() as conn:
+            row = (await conn.execute(select(bals).where(bals.c.address == address))).first()
+        if row is None:
+            raise BalNotFound(address)
+        return _bal(row)
+
+    async def list_bals(
+        self, *, domain: str | None = None, status: BalStatus | None = None
+    ) -> list[Bal]:
+        query = select(bals).order_by(bals.c.address)
+        if domain is not None:
+            query = query.join(domains, domains.c.id == bals.c.domain_id).where(
+                domains.c.name == normalise_domain(domain)
+            )
+        if status is not None:
+            query = query.where(bals.c.status == BalStatus(status).value)
+        async with self.db.reader.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_bal(r) for r in rows]
+
+    async def bals_of_person(self, national_id: str) -> list[Bal]:
+        """The BALs bound to a national identifier (RPPS...): what a PSC identity may open."""
+        async with self.db.reader.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(bals).where(bals.c.national_id == national_id).order_by(bals.c.address)
+                )
+            ).all()
+        return [_bal(r) for r in rows]
+
+    async def _update_bal(self, address: str, **values: Any) -> Bal:
+        address = normalise_address(address)
+        async with self.db.writer.begin() as conn:
+            row = (
+                await conn.execute(
+                    update(bals)
+                    .where(bals.c.address == address)
+                    .values(updated_at=_now(), **values)
+                    .returning(bals)
+                )
+            ).first()
+        if row is None:
+            raise BalNotFound(address)
+        return _bal(row)
+
+    async def set_bal_status(self, address: str, status: BalStatus) -> Bal:
+        return await self._update_bal(address, status=BalStatus(status).value)
+
+    async def set_placement(self, address: str, placement: Placement) -> Bal:
+        return await self._update_bal(address, placement=Placement(placement).value)
+
+    async def update_bal(
+        self,
+        address: str,
+        *,
+        display_name: str | None = None,
+        profession: str | None = None,
+        description: str | None = None,
+        liste_rouge: bool | None = None,
+        national_id: str | None = None,
+    ) -> Bal:
+        changes = {
+            k: v
+            for k, v in {
+                "display_name": display_name,
+                "profession": profession,
+                "description": description,
+                "liste_rouge": liste_rouge,
+                "national_id": national_id,
+            }.items()
+            if v is not None
+        }
+        return await self._update_bal(address, **changes)
+
+    # -- credentials ------------------------------------------------------------------------------
+
+    async def _hash(self, password: str) -> str:
+        if not password:
+            raise InvalidInput("empty password")
+        return await asyncio.to_thread(self._hasher.hash, password)
+
+    async def set_password(self, address: str, password: str) -> None:
+        password_hash = await self._hash(password)
+        bal = await self.get_bal(address)
+        now = _now()
+        async with self.db.writer.begin() as conn:
+            done = await conn.execute(
+                update(credentials)
+                .where(credentials.c.bal_id == bal.id)
+                .values(password_hash=password_hash, updated_at=now)
+            )
+            if done.rowcount == 0:
+                await conn.execute(
+                    insert(credentials).values(
+                        bal_id=bal.id, password_hash=password_hash, updated_at=now
+                    )
+                )
+
+    async def verify_password(self, address: str, password: str) -> bool:
+        """True only for an active BAL whose password matches. Unknown addresses cost the same
+        time as known ones, so timing does not reveal which BALs exist."""
+        try:
+            address = normalise_address(address)
+        except InvalidInput:
+            address = ""
+        async with self.db.reader.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(credentials.c.password_hash, bals.c.status)
+                    .join(bals, bals.c.id == credentials.c.bal_id)
+                    .where(bals.c.address == address)
+                )
+            ).first()
+        if row is None:
+            if self._dummy_hash is None:
+                self._dummy_hash = await asyncio.to_thread(self._hasher.hash, "not-a-password")
+            stored, active = self._dummy_hash, False
+        else:
+            stored, active = row.password_hash, row.status == BalStatus.ACTIVE.value
+
+        def check() -> bool:
+            try:
+                return self._hasher.verify(stored, password)
+            except (VerificationError, InvalidHashError):
+                return False
+
+        return await asyncio.to_thread(check) and active
+
+    # -- delegations ------------------------------------------------------------------------------
+
+    async def add_delegation(
+        self,
+        bal: str,
+        delegate: str,
+        *,
+        can_read: bool = True,
+        can_write: bool = False,
+        can_send: bool = False,
+    ) -> Delegation:
+        """Let ``delegate`` open ``bal`` (and manage it, and send as it). Replaces earlier rights."""
+        owner, user = await self.get_bal(bal), await self.get_bal(delegate)
+        if owner.id == user.id:
+            raise InvalidInput("a BAL cannot be delegated to itself")
+        now = _now()
+        async with self.db.writer.begin() as conn:
+            await conn.execute(
+                delete(delegations).where(
+                    delegations.c.bal_id == owner.id, delegations.c.delegate_id == user.id
+                )
+            )
+            await conn.execute(
+                insert(delegations).values(
+                    bal_id=owner.id,
+                    delegate_id=user.id,
+                    can_read=can_read,
+                    can_write=can_write,
+                    can_send=can_send,
+                    created_at=now,
+                )
+            )
+        return Delegation(owner.address, user.address, can_read, can_write, can_send, now)
+
+    async def remove_delegation(self, bal: str, delegate: str) -> bool:
+        owner, user = await self.get_bal(bal), await self.get_bal(delegate)
+        async with self.db.writer.begin() as conn:
+            done = await conn.execute(
+                delete(delegations).where(
+                    delegations.c.bal_id == owner.id, delegations.c.delegate_id == user.id
+                )
+            )
+        return bool(done.rowcount)
+
+    async def list_delegations(
+        self, *, bal: str | None = None, delegate: str | None = None
+    ) -> list[Delegation]:
+        owner = bals.alias("owner")
+        user = bals.alias("user_bal")
+        query = (
+            select(
+                owner.c.address.label("bal"),
+                user.c.address.label("delegate"),
+                delegations.c.can_read,
+                delegations.c.can_write,
+                delegations.c.can_send,
+                delegations.c.created_at,
+            )
+            .join(owner, owner.c.id == delegations.c.bal_id)
+            .join(user, user.c.id == delegations.c.delegate_id)
+            .order_by(owner.c.address, user.c.address)
+        )
+        if bal is not None:
+            query = query.where(owner.c.address == normalise_address(bal))
+        if delegate is not None:
+            query = query.where(user.c.address == normalise_address(delegate))
+        async with self.db.reader.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            Delegation(r.bal, r.delegate, r.can_read, r.can_write, r.can_send, r.created_at)
+            for r in rows
+        ]
+
+    async def can_send_as(self, user: str, bal: str) -> bool:
+        """The owner, or a delegate with the send right, may send as ``bal``."""
+        user, bal = normalise_address(user), normalise_address(bal)
+        if user == bal:
+            return True
+        return any(d.can_send for d in await self.list_delegations(bal=bal, delegate=user))
+
+    # -- folders ----------------------------------------------------------------------------------
+
+    async def _insert_folder(
+        self, conn: AsyncConnection, bal_id: int, name: str, special_use: str | None
+    ) -> Row[Any]:
+        # RFC 9051 §2.3.1.1: a folder must never reuse the UIDVALIDITY of an earlier folder of
+        # the same name, deleted ones included: the BAL row keeps the high-water mark.
+        now = int(time.time())
+        following = bals.c.last_uidvalidity + 1
+        uidvalidity = (
+            await conn.execute(
+                update(bals)
+                .where(bals.c.id == bal_id)
+                .values(last_uidvalidity=case((following > now, following), else_=now))
+                .returning(bals.c.last_uidvalidity)
+            )
+        ).scalar_one()
+        row: Row[Any] = (
+            await conn.execute(
+                insert(folders)
+                .values(
+                    bal_id=bal_id,
+                    name=name,
+                    special_use=special_use,
+                    uidvalidity=uidvalidity,
+                    uid_next=1,
+                    highest_modseq=1,
+                    subscribed=True,
+                    created_at=_now(),
+                )
+                .returning(folders)
+            )
+        ).one()
+        return row
+
+    async def create_folder(self, bal: str, name: str, special_use: str | None = None) -> Folder:
+        owner = await self.get_bal(bal)
+        name = normalise_folder_name(name)
+        try:
+            async with self.db.writer.begin() as conn:
+                row = await self._insert_folder(conn, owner.id, name, special_use)
+        except IntegrityError:
+            raise FolderExists(owner.address, name) from None
+        return _folder(row)
+
+    async def list_folders(self, bal: str) -> list[Folder]:
+        owner = await self.get_bal(bal)
+        async with self.db.reader.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(folders).where(folders.c.bal_id == owner.id).order_by(folders.c.name)
+                )
+            ).all()
+        return [_folder(r) for r in rows]
+
+    async def get_folder(self, bal: str, name: str) -> Folder:
+        address, name = normalise_address(bal), normalise_folder_name(name)
+        async with self.db.reader.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(folders)
+                    .join(bals, bals.c.id == folders.c.bal_id)
+                    .where(bals.c.address == address, folders.c.name == name)
+                )
+            ).first()
+        if row is None:
+            await self.get_bal(address)  # BalNotFound takes precedence
+            raise FolderNotFound(address, name)
+        return _folder(row)
+
+    async def rename_folder(self, bal: str, old: str, new: str) -> Folder:
+        """Rename a folder and its children. Renaming INBOX is not supported here (RFC 9051
+        §6.3.6 makes it a move of all messages; the IMAP layer implements that)."""
+        folder = await self.get_folder(bal, old)
+        new = normalise_folder_name(new)
+        if folder.name == "INBOX" or new == "INBOX":
+            raise InvalidInput("INBOX cannot be renamed, nor anything renamed to INBOX")
+        prefix = folder.name + FOLDER_DELIMITER
+        try:
+            async with self.db.writer.begin() as conn:
+                children = (
+                    await conn.execute(
+                        select(folders.c.id, folders.c.name).where(
+                            folders.c.bal_id == folder.bal_id, folders.c.name.startswith(prefix)
+                        )
+                    )
+                ).all()
+                await conn.execute(
+                    update(folders).where(folders.c.id == folder.id).values(name=new)
+                )
+                for child in children:
+                    await conn.execute(
+                        update(folders)
+                        .where(folders.c.id == child.id)
+                        .values(name=new + child.name[len(folder.name) :])
+                    )
+        except IntegrityError:
+            raise FolderExists(bal, new) from None
+        self._folder_ids.clear()
+        return await self.get_folder(bal, new)
+
+    async def delete_folder(self, bal: str, name: str) -> None:
+        """Delete a folder and its messages (blobs are reclaimed by garbage collection)."""
+        folder = await self.get_folder(bal, name)
+        if folder.name == "INBOX":
+            raise InvalidInput("INBOX cannot be deleted")
+        async with self.db.writer.begin() as conn:
+            await conn.execute(delete(messages).where(messages.c.folder_id == folder.id))
+            await conn.execute(delete(expunged).where(expunged.c.folder_id == folder.id))
+            await conn.execute(delete(folders).where(folders.c.id == folder.id))
+        self._folder_ids.clear()
+
+    async def _folder_id(self, bal: str, folder: str) -> int:
+        key = (normalise_address(bal), normalise_folder_name(folder))
+        folder_id = self._folder_ids.get(key)
+        if folder_id is None:
+            folder_id = (await self.get_folder(*key)).id
+            if len(self._folder_ids) > 100_000:
+                self._folder_ids.clear()
+            self._folder_ids[key] = folder_id
+        return folder_id
+
+    # -- delivery ---------------------------------------------------------------------------------
+
+    async def deliver(
+        self,
+        bal: str,
+        message: Message | str,
+        folder: str = "INBOX",
+        *,
+        flags: Flag = NO_FLAGS,
+        keywords: Iterable[str] = (),
+        internal_date: datetime | None = None,
+    ) -> DeliveryResult:
+        """Store a message in a folder of a BAL; return once blob and rows are durable.
+
+        ``message`` is the raw octets, or the digest of a blob already written with
+        ``store.blobs.writer()`` (how the MTA streams large messages without holding them).
+        The octets are stored as received; metadata is computed once here.
+        """
+        keywords = _validate_keywords(keywords)
+        folder_id = await self._folder_id(bal, folder)
+        if isinstance(message, str):
+            digest = message
+            with self.blobs.mapped(digest) as data:
+                size = len(data)
+                meta = await asyncio.to_thread(mime.parse_message, data)
+                header = bytes(data[: min(meta.header_size, HEADER_ROW_LIMIT)])
+        else:
+            size = len(message)
+            if size <= PARSE_INLINE_LIMIT:
+                meta = mime.parse_message(message)
+                digest, _ = await self.blobs.put(message)
+            else:
+                (digest, _), meta = await asyncio.gather(
+                    self.blobs.put(message), asyncio.to_thread(mime.parse_message, message)
+                )
+            header = bytes(message[: min(meta.header_size, HEADER_ROW_LIMIT)])
+        row = {
+            "internal_date": internal_date or _now(),
+            "size": size,
+            "blob": digest,
+            "flags": int(flags),
+            "keywords": list(keywords),
+            "envelope": meta.envelope,
+            "body": meta.body,
+            "header": header,
+            "subject": _clean_text(meta.subject),
+            "message_id": _clean_text(meta.message_id),
+            "sent_date": meta.sent_date,
+            "from_addr": _clean_text(meta.from_addr),
+            "problems": list(meta.problems) or None,
+        }
+        try:
+            return await self._committer.submit(folder_id, row)
+        except FolderVanished:
+            self._folder_ids.clear()
+            raise FolderNotFound(bal, folder) from None
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def list_messages(
+        self, folder_id: int, uids: Sequence[int] | None = None
+    ) -> list[MessageInfo]:
+        """Metadata of the messages of a folder (all, or the given UIDs), in UID order."""
+        async with self.db.reader.connect() as conn:
+            if uids is None:
+                rows = (
+                    await conn.execute(
+                        select(messages)
+                        .where(messages.c.folder_id == folder_id)
+                        .order_by(messages.c.uid)
+                    )
+                ).all()
+            else:
+                rows = []
+                for chunk in _chunks(sorted(set(uids))):
+                    rows.extend(
+                        (
+                            await conn.execute(
+                                select(messages)
+                                .where(messages.c.folder_id == folder_id, messages.c.uid.in_(chunk))
+                                .order_by(messages.c.uid)
+                            )
+                        ).all()
+                    )
+        return [_message(r) for r in rows]
+
+    async def uids(self, folder_id: int) -> list[int]:
+        async with self.db.reader.connect() as conn:
+            return list(
+                (
+                    await conn.execute(
+                        select(messages.c.uid)
+                        .where(messages.c.folder_id == folder_id)
+                        .order_by(messages.c.uid)
+                    )
+                ).scalars()
+            )
+
+    async def folder_status(self, folder_id: int) -> tuple[Folder, int, int]:
+        """The folder row, its message count and its unseen count (IMAP STATUS/SELECT)."""
+        async with self.db.reader.connect() as conn:
+            row = (await conn.execute(select(folders).where(folders.c.id == folder_id))).first()
+            if row is None:
+                raise StoreError(f"folder {folder_id} does not exist")
+            counts = (
+                await conn.execute(
+                    select(
+                        func.count(),
+                        func.coalesce(
+                            func.sum(
+                                case((messages.c.flags.op("&")(int(Flag.SEEN)) == 0, 1), else_=0)
+                            ),
+                            0,
+                        ),
+                    ).where(messages.c.folder_id == folder_id)
+                )
+            ).one()
+        return _folder(row), int(counts[0]), int(counts[1])
+
+    async def read_message(self, message: MessageInfo) -> bytes:
+        return await self.blobs.read(message.blob)
+
+    async def read_header(self, message: MessageInfo) -> bytes:
+        """The top-level header block, from the row when it fits there, else from the blob."""
+        header_size = int(message.body.get("body_start", 0))
+        if len(message.header) >= header_size:
+            return message.header
+        return await self.blobs.read_range(message.blob, 0, header_size)
+
+    # -- flags and expunge ------------------------------------------------------------------------
+
+    async def set_flags(
+        self,
+        folder_id: int,
+        uids: Sequence[int],
+        *,
+        flags: Flag = NO_FLAGS,
+        keywords: Iterable[str] = (),
+        mode: Literal["replace", "add", "remove"] = "replace",
+        unchanged_since: int | None = None,
+    ) -> list[FlagChange]:
+        """Change flags/keywords of messages; each changed message gets a new MODSEQ.
+
+        With ``unchanged_since`` (RFC 7162 §3.1.3 UNCHANGEDSINCE), messages modified after that
+        MODSEQ are left alone. Returns the messages actually changed.
+        """
+        wanted_keywords = _validate_keywords(keywords)
+        changes: list[FlagChange] = []
+        async with self.db.writer.begin() as conn:
+            current: list[Any] = []
+            for chunk in _chunks(sorted(set(uids))):
+                current.extend(
+                    (
+                        await conn.execute(
+                            select(
+                                messages.c.id,
+                                messages.c.uid,
+                                messages.c.modseq,
+                                messages.c.flags,
+                                messages.c.keywords,
+                            )
+                            .where(messages.c.folder_id == folder_id, messages.c.uid.in_(chunk))
+                            .order_by(messages.c.uid)
+                        )
+                    ).all()
+                )
+            planned: list[tuple[Any, int, list[str]]] = []
+            for row in current:
+                if unchanged_since is not None and row.modseq > unchanged_since:
+                    continue
+                old_flags, old_keywords = Flag(row.flags), list(row.keywords)
+                if mode == "replace":
+                    new_flags, new_keywords = flags, list(wanted_keywords)
+                elif mode == "add":
+                    new_flags = old_flags | flags
+                    new_keywords = old_keywords + [
+                        k for k in wanted_keywords if k not in old_keywords
+                    ]
+                else:
+                    new_flags = old_flags & ~flags
+                    new_keywords = [k for k in old_keywords if k not in wanted_keywords]
+                if new_flags != old_flags or new_keywords != old_keywords:
+                    planned.append((row, int(new_flags), new_keywords))
+            if not planned:
+                return []
+            top = (
+                await conn.execute(
+                    update(folders)
+                    .where(folders.c.id == folder_id)
+                    .values(highest_modseq=folders.c.highest_modseq + len(planned))
+                    .returning(folders.c.highest_modseq)
+                )
+            ).scalar_one()
+            modseq = top - len(planned)
+            for row, flag_bits, keyword_list in planned:
+                modseq += 1
+                await conn.execute(
+                    update(messages)
+                    .where(messages.c.id == row.id)
+                    .values(flags=flag_bits, keywords=keyword_list, modseq=modseq)
+                )
+                changes.append(FlagChange(row.uid, modseq, Flag(flag_bits), tuple(keyword_list)))
+            await self._notify(conn, folder_id, top)
+        self.changes.publish(folder_id, top)
+        return changes
+
+    async def expunge(self, folder_id: int, uids: Sequence[int] | None = None) -> list[int]:
+        """Remove the messages flagged \\Deleted (only among ``uids`` if given: UID EXPUNGE)."""
+        async with self.db.writer.begin() as conn:
+            query = select(messages.c.uid).where(
+                messages.c.folder_id == folder_id,
+                messages.c.flags.op("&")(int(Flag.DELETED)) != 0,
+            )
+            found = list((await conn.execute(query.order_by(messages.c.uid))).scalars())
+            if uids is not None:
+                allowed = set(uids)
+                found = [u for u in found if u in allowed]
+            if not found:
+                return []
+            top = (
+                await conn.execute(
+                    update(folders)
+                    .where(folders.c.id == folder_id)
+                    .values(highest_modseq=folders.c.highest_modseq + 1)
+                    .returning(folders.c.highest_modseq)
+                )
+            ).scalar_one()
+            for chunk in _chunks(found):
+                await conn.execute(
+                    delete(messages).where(
+                        messages.c.folder_id == folder_id, messages.c.uid.in_(chunk)
+                    )
+                )
+            await conn.execute(
+                insert(expunged), [{"folder_id": folder_id, "uid": u, "modseq": top} for u in found]
+            )
+            await self._notify(conn, folder_id, top)
+        self.changes.publish(folder_id, top)
+        return found
+
+    async def changes_since(self, folder_id: int, modseq: int) -> FolderChanges:
+        """Flag changes and expunges after ``modseq`` (new messages show up as changes too)."""
+        async with self.db.reader.connect() as conn:
+            top = (
+                await conn.execute(
+                    select(folders.c.highest_modseq).where(folders.c.id == folder_id)
+                )
+            ).scalar()
+            if top is None:
+                raise StoreError(f"folder {folder_id} does not exist")
+            changed = (
+                await conn.execute(
+                    select(messages.c.uid, messages.c.modseq, messages.c.flags, messages.c.keywords)
+                    .where(messages.c.folder_id == folder_id, messages.c.modseq > modseq)
+                    .order_by(messages.c.uid)
+                )
+            ).all()
+            gone = (
+                await conn.execute(
+                    select(expunged.c.uid)
+                    .where(expunged.c.folder_id == folder_id, expunged.c.modseq > modseq)
+                    .order_by(expunged.c.uid)
+                )
+            ).scalars()
+            vanished = tuple(gone)
+        return FolderChanges(
+            highest_modseq=top,
+            changed=tuple(
+                FlagChange(r.uid, r.modseq, Flag(r.flags), tuple(r.keywords)) for r in changed
+            ),
+            vanished=vanished,
+        )
+
+    async def _notify(self, conn: AsyncConnection, folder_id: int, modseq: int) -> None:
+        if self.db.is_postgresql:
+            await conn.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": CHANNEL, "payload": f"{folder_id}:{modseq}"},
+            )
+
+    # -- outbound queue ---------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        mail_from: str,
+        recipients: Sequence[Recipient],
+        message: Message | str,
+        *,
+        sender_bal: str | None = None,
+        envid: str | None = None,
+        ret: str | None = None,
+        not_before: datetime | None = None,
+    ) -> QueueEntry:
+        """Queue a message for outbound delivery; durable when this returns."""
+        if not recipients:
+            raise InvalidInput("a queue entry needs at least one recipient")
+        if isinstance(message, str):
+            digest = message
+            size = (await asyncio.to_thread(self.blobs.path(digest).stat)).st_size
+        else:
+            digest, size = await self.blobs.put(message)
+        now = _now()
+        async with self.db.writer.begin() as conn:
+            row = (
+                await conn.execute(
+                    insert(outbound_queue)
+                    .values(
+                        created_at=now,
+                        sender_bal=sender_bal,
+                        mail_from=mail_from,
+                        recipients=[asdict(r) for r in recipients],
+                        envid=envid,
+                        ret=ret,
+                        blob=digest,
+                        size=size,
+                        status=QueueStatus.QUEUED.value,
+                        attempts=0,
+                        next_attempt_at=not_before or now,
+                    )
+                    .returning(outbound_queue)
+                )
+            ).one()
+        return _queue_entry(row)
+
+    async def claim_queue_entries(
+        self, worker: str, *, limit: int = 10, lease: timedelta = timedelta(minutes=10)
+    ) -> list[QueueEntry]:
+        """Take up to ``limit`` due entries for ``worker``. A claim whose lease ran out (the worker
+        died) is due again, so no entry is stranded."""
+        now = _now()
+        due = or_(
+            and_(
+                outbound_queue.c.status == QueueStatus.QUEUED.value,
+                outbound_queue.c.next_attempt_at <= now,
+            ),
+            and_(
+                outbound_queue.c.status == QueueStatus.CLAIMED.value,
+                outbound_queue.c.claimed_until < now,
+            ),
+        )
+        query = (
+            select(outbound_queue.c.id)
+            .where(due)
+            .order_by(outbound_queue.c.next_attempt_at)
+            .limit(limit)
+        )
+        if self.db.is_postgresql:
+            # Several queue runners (processes, hosts) share the table without blocking each other.
+            query = query.with_for_update(skip_locked=True)
+        async with self.db.writer.begin() as conn:
+            ids = list((await conn.execute(query)).scalars())
+            if not ids:
+                return []
+            rows = (
+                await conn.execute(
+                    update(outbound_queue)
+                    .where(outbound_queue.c.id.in_(ids))
+                    .values(
+                        status=QueueStatus.CLAIMED.value,
+                        claimed_by=worker,
+                        claimed_until=now + lease,
+                    )
+                    .returning(outbound_queue)
+                )
+            ).all()
+        return sorted((_queue_entry(r) for r in rows), key=lambda e: e.next_attempt_at)
+
+    async def complete_queue_entry(self, entry_id: int) -> None:
+        await self._finish_queue_entry(entry_id, status=QueueStatus.DONE)
+
+    async def fail_queue_entry(self, entry_id: int, error: str) -> None:
+        """Give up on an entry (the caller sends the DSN)."""
+        await self._finish_queue_entry(entry_id, status=QueueStatus.FAILED, last_error=error)
+
+    async def defer_queue_entry(self, entry_id: int, error: str, retry_at: datetime) -> None:
+        async with self.db.writer.begin() as conn:
+            await conn.execute(
+                update(outbound_queue)
+                .where(outbound_queue.c.id == entry_id)
+                .values(
+                    status=QueueStatus.QUEUED.value,
+                    attempts=outbound_queue.c.attempts + 1,
+                    next_attempt_at=retry_at,
+                    claimed_by=None,
+                    claimed_until=None,
+                    last_error=error,
+                )
+            )
+
+    async def _finish_queue_entry(
+        self, entry_id: int, *, status: QueueStatus, last_error: str | None = None
+    ) -> None:
+        async with self.db.writer.begin() as conn:
+            await conn.execute(
+                update(outbound_queue)
+                .where(outbound_queue.c.id == entry_id)
+                .values(
+                    status=status.value,
+                    attempts=outbound_queue.c.attempts + 1,
+                    claimed_by=None,
+                    claimed_until=None,
+                    last_error=last_error,
+                )
+            )
+
+    async def list_queue(self, *, status: QueueStatus | None = None) -> list[QueueEntry]:
+        query = select(outbound_queue).order_by(outbound_queue.c.id)
+        if status is not None:
+            query = query.where(outbound_queue.c.status == status.value)
+        async with self.db.reader.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_queue_entry(r) for r in rows]
+
+    # -- audit trail ------------------------------------------------------------------------------
+
+    async def audit(
+        self,
+        action: str,
+        *,
+        actor: str,
+        bal: str | None = None,
+        source: str | None = None,
+        result: str = "ok",
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Append an audit record. ``detail`` must never hold a body, an INS, a password or a
+        token: it is shown to operators."""
+        async with self.db.writer.begin() as conn:
+            await conn.execute(
+                insert(audit).values(
+                    at=_now(),
+                    actor=actor,
+                    action=action,
+                    bal=bal,
+                    source=source,
+                    result=result,
+                    detail=detail,
+                )
+            )
+
+    async def tail_audit(
+        self, *, limit: int = 20, bal: str | None = None, since: datetime | None = None
+    ) -> list[AuditRecord]:
+        """The newest records, oldest first."""
+        query = select(audit).order_by(audit.c.id.desc()).limit(limit)
+        if bal is not None:
+            query = query.where(audit.c.bal == normalise_address(bal))
+        if since is not None:
+            query = query.where(audit.c.at >= since)
+        async with self.db.reader.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            AuditRecord(r.id, r.at, r.actor, r.action, r.bal, r.source, r.result, r.detail)
+            for r in reversed(rows)
+        ]
+
+    # -- statistics -------------------------------------------------------------------------------
+
+    async def counts(self) -> dict[str, int]:
+        """Row counts for operators and metrics."""
+        out: dict[str, int] = {}
+        async with self.db.reader.connect() as conn:
+            for name, table in (
+                ("domains", domains),
+                ("bals", bals),
+                ("messages", messages),
+                ("queued", outbound_queue),
+            ):
+                query = select(func.count()).select_from(table)
+                if table is outbound_queue:
+                    query = query.where(
+                        outbound_queue.c.status.in_(
+                            [QueueStatus.QUEUED.value, QueueStatus.CLAIMED.value]
+                        )
+                    )
+                out[name] = int((await conn.execute(query)).scalar_one())
+        return out

@@ -1,0 +1,1 @@
+"""The webmail for professionals, French UI (to come)."""
