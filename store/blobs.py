@@ -76,6 +76,23 @@ class BlobStore:
         self._install(tmp, final)
         return digest, len(data)
 
+    def import_file(self, source: Path, *, expected: str | None = None) -> str:
+        """Copy a file in as a blob (the port tool moving blobs to a new directory)."""
+        digest = hashlib.sha256()
+        tmp = self._tmp / uuid.uuid4().hex
+        with open(source, "rb") as src, open(tmp, "wb") as out:
+            while chunk := src.read(READ_CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        name = digest.hexdigest()
+        if expected is not None and name != expected:
+            tmp.unlink()
+            raise BlobMissing(expected)  # the source file is corrupt: refuse to propagate it
+        self._install(tmp, self.path(name))
+        return name
+
     def writer(self) -> BlobWriter:
         """An incremental writer, for messages streamed from the network (never held in memory)."""
         return BlobWriter(self)

@@ -9,7 +9,6 @@ PostgreSQL uses one pooled engine for both.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +81,7 @@ class Database:
         return self.dialect == "postgresql"
 
     @classmethod
-    def connect(cls, url: str) -> Database:
+    def connect(cls, url: str, *, pool_size: int = 10) -> Database:
         url = normalise_url(url)
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":
@@ -95,9 +94,7 @@ class Database:
             event.listen(reader.sync_engine, "connect", _sqlite_on_connect)
             event.listen(reader.sync_engine, "begin", _sqlite_begin_deferred)
             return cls(url=url, dialect="sqlite", writer=writer, reader=reader)
-        engine = create_async_engine(
-            url, pool_size=int(os.environ.get("COLOMBE_DB_POOL_SIZE", "10")), max_overflow=10
-        )
+        engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
         return cls(url=url, dialect="postgresql", writer=engine, reader=engine)
 
     async def dispose(self) -> None:

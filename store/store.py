@@ -228,9 +228,14 @@ class Store:
 
     @classmethod
     async def open(
-        cls, database_url: str, blob_dir: Path | str, *, migrate_schema: bool = True
+        cls,
+        database_url: str,
+        blob_dir: Path | str,
+        *,
+        migrate_schema: bool = True,
+        pool_size: int = 10,
     ) -> Store:
-        db = Database.connect(database_url)
+        db = Database.connect(database_url, pool_size=pool_size)
         try:
             if migrate_schema:
                 await migrate(db)

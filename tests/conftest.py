@@ -22,7 +22,7 @@ from store import Store
 from store.schema import TABLES_IN_DEPENDENCY_ORDER
 
 PG_ADMIN_URL = os.environ.get(
-    "COLOMBE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+    "COLOMBE_TEST_POSTGRES", "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
 )
 BACKENDS = ("sqlite", "postgresql")
 

@@ -1,0 +1,1 @@
+"""The application shell: configuration, the ``colombe`` CLI and process supervision."""

@@ -1,0 +1,638 @@
+"""The ``colombe`` command: everything an operator does, human tables by default, ``--json`` for
+scripts. Every change made here is written to the audit trail with the operator's login."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, is_dataclass
+from datetime import datetime
+from enum import Enum
+from functools import wraps
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import click
+
+from colombe.config import (
+    SEARCH_PATH,
+    Config,
+    ConfigError,
+    find_config,
+    load_config,
+    render_config,
+)
+from colombe.logs import configure_logging
+from store import BalStatus, BalType, Placement, Store, StoreError
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:
+        return "cli"
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: _jsonable(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(_jsonable(value), ensure_ascii=False, indent=2))
+
+
+def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            click.echo("  ".join("-" * w for w in widths))
+
+
+# -- plumbing ---------------------------------------------------------------------------------
+
+
+class Context:
+    def __init__(self, config_path: str | None) -> None:
+        self._explicit = config_path
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            path = find_config(self._explicit)
+            if path is None:
+                looked = ", ".join(str(p) for p in SEARCH_PATH)
+                raise click.ClickException(
+                    f"no configuration found (looked for {looked}); run `colombe init` "
+                    "or `colombe demo`, or pass --config / set COLOMBE_CONFIG"
+                )
+            self._config = load_config(path)
+            configure_logging(self._config.log.level, self._config.log.format)
+        return self._config
+
+    async def open_store(self) -> Store:
+        from colombe.serve import open_store
+
+        return await open_store(self.config)
+
+
+def run_async(fn: Callable[P, Awaitable[T]]) -> Callable[P, T]:
+    """Run an async command; store and config errors become clean CLI errors (exit 1)."""
+
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return asyncio.run(fn(*args, **kwargs))  # type: ignore[arg-type]
+        except (StoreError, ConfigError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def with_store(
+    fn: Callable[..., Awaitable[T]],
+) -> Callable[..., T]:
+    """Give the command an open store as first argument and close it afterwards."""
+
+    @click.pass_obj
+    @wraps(fn)
+    def wrapper(ctx: Context, *args: Any, **kwargs: Any) -> T:
+        async def go() -> T:
+            store = await ctx.open_store()
+            try:
+                return await fn(store, *args, **kwargs)
+            finally:
+                await store.close()
+
+        return run_async(go)()
+
+    return wrapper
+
+
+def read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Mot de passe", hide_input=True, confirmation_prompt=True)
+    if not password:
+        raise click.ClickException("empty password")
+    return password
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+@click.group()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="colombe.toml to use (default: $COLOMBE_CONFIG, ./colombe.toml, ./var/colombe.toml, "
+    "/etc/colombe/colombe.toml).",
+)
+@click.version_option(package_name="colombe")
+@click.pass_context
+def main(click_ctx: click.Context, config_path: str | None) -> None:
+    """Colombe, an MSSanté operator stack."""
+    click_ctx.obj = Context(config_path)
+
+
+@main.command()
+@click.option(
+    "--dir", "directory", default=".", type=click.Path(file_okay=False), show_default=True
+)
+@click.option("--database-url", default="sqlite:///var/colombe.db", show_default=True)
+@click.option("--blob-dir", default="var/blobs", show_default=True)
+@click.option("--hostname", default="localhost", show_default=True)
+@click.option("--admin-listen", default="127.0.0.1:8780", show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing colombe.toml.")
+def init(
+    directory: str,
+    database_url: str,
+    blob_dir: str,
+    hostname: str,
+    admin_listen: str,
+    force: bool,
+) -> None:
+    """Write a working colombe.toml and create the store."""
+    target = Path(directory) / "colombe.toml"
+    if target.exists() and not force:
+        raise click.ClickException(f"{target} exists; use --force to overwrite it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(
+        render_config(
+            database_url=database_url,
+            blob_dir=blob_dir,
+            hostname=hostname,
+            admin_listen=admin_listen,
+        ),
+        encoding="utf-8",
+    )
+
+    @run_async
+    async def create() -> None:
+        config = load_config(target)
+        from colombe.serve import open_store
+
+        store = await open_store(config)
+        await store.audit("store.init", actor=_actor(), detail={"config": str(target)})
+        await store.close()
+
+    create()
+    click.echo(f"wrote {target}; store ready. Next: colombe --config {target} domain add DOMAIN")
+
+
+@main.command()
+@click.option(
+    "--dir", "directory", default="var", type=click.Path(file_okay=False), show_default=True
+)
+@click.option("--admin-listen", default="127.0.0.1:8780", show_default=True)
+def demo(directory: str, admin_listen: str) -> None:
+    """Initialise DIR with demo domains and BALs, then run the whole stack in the foreground."""
+    from colombe.demo import DEMO_BALS, DEMO_PASSWORD, seed_demo
+    from colombe.serve import open_store, serve
+
+    target = Path(directory) / "colombe.toml"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(
+            render_config(
+                database_url="sqlite:///colombe.db",
+                blob_dir="blobs",
+                hostname="localhost",
+                admin_listen=admin_listen,
+            ),
+            encoding="utf-8",
+        )
+    config = load_config(target)
+    configure_logging(config.log.level, config.log.format)
+
+    def ready(endpoints: list[str]) -> None:
+        click.echo("")
+        click.echo(f"Colombe demo running (configuration: {target}).")
+        click.echo("Endpoints:")
+        for line in endpoints:
+            click.echo(f"  {line}")
+        click.echo(f"Demo BALs (password: {DEMO_PASSWORD}):")
+        for bal in DEMO_BALS:
+            click.echo(f"  {bal.address:42} {bal.type.value}  {bal.display_name}")
+        click.echo("From another shell in this folder: .venv/bin/colombe bal list")
+        click.echo("Stop with Ctrl-C.")
+
+    @run_async
+    async def go() -> None:
+        store = await open_store(config)
+        try:
+            await seed_demo(store)
+        finally:
+            await store.close()
+        await serve(config, on_ready=ready)
+
+    go()
+
+
+@main.command("serve")
+@click.option("--only", multiple=True, help="Start only this component (repeatable).")
+@click.pass_obj
+def serve_command(ctx: Context, only: tuple[str, ...]) -> None:
+    """Run the configured components until SIGTERM."""
+    from colombe.serve import UnknownComponent, serve
+
+    config = ctx.config
+
+    def ready(endpoints: list[str]) -> None:
+        click.echo("ready: " + ("; ".join(endpoints) or "no listener configured"), err=True)
+
+    try:
+        run_async(serve)(config, only=list(only) or None, on_ready=ready)
+    except UnknownComponent as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+# -- domain -----------------------------------------------------------------------------------
+
+
+@main.group()
+def domain() -> None:
+    """Hosted MSSanté domains."""
+
+
+@domain.command("add")
+@click.argument("name")
+@with_store
+async def domain_add(store: Store, name: str) -> None:
+    d = await store.add_domain(name)
+    await store.audit("domain.add", actor=_actor(), detail={"domain": d.name})
+    click.echo(f"domain {d.name} added")
+
+
+@domain.command("list")
+@json_option
+@with_store
+async def domain_list(store: Store, as_json: bool) -> None:
+    domains = await store.list_domains()
+    if as_json:
+        emit_json(domains)
+    else:
+        emit_table(["domain", "since"], [(d.name, f"{d.created_at:%Y-%m-%d}") for d in domains])
+
+
+# -- bal --------------------------------------------------------------------------------------
+
+
+@main.group()
+def bal() -> None:
+    """Mailboxes (BAL): create, list, show, suspend, close, set passwords."""
+
+
+@bal.command("add")
+@click.argument("address")
+@click.option(
+    "--type",
+    "bal_type",
+    type=click.Choice([t.value for t in BalType]),
+    default="PER",
+    show_default=True,
+)
+@click.option("--name", "display_name", default="", help="Display name.")
+@click.option("--national-id", help="RPPS/ADELI (PER) or structure identifier (ORG/APP).")
+@click.option("--profession", help="Profession code of the national directory.")
+@click.option("--description")
+@click.option("--liste-rouge", is_flag=True, help="Not published in the national directory.")
+@click.option(
+    "--placement", type=click.Choice([p.value for p in Placement]), default="v2", show_default=True
+)
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--no-password", is_flag=True, help="No password (token or certificate access only).")
+@with_store
+async def bal_add(
+    store: Store,
+    address: str,
+    bal_type: str,
+    display_name: str,
+    national_id: str | None,
+    profession: str | None,
+    description: str | None,
+    liste_rouge: bool,
+    placement: str,
+    password_stdin: bool,
+    no_password: bool,
+) -> None:
+    password = None if no_password else read_password(password_stdin)
+    b = await store.create_bal(
+        address,
+        BalType(bal_type),
+        display_name=display_name,
+        national_id=national_id,
+        profession=profession,
+        description=description,
+        liste_rouge=liste_rouge,
+        placement=Placement(placement),
+        password=password,
+    )
+    await store.audit("bal.create", actor=_actor(), bal=b.address, detail={"type": b.type.value})
+    click.echo(f"BAL {b.address} created ({b.type.value})")
+
+
+@bal.command("list")
+@click.option("--domain", "domain_name")
+@click.option("--status", type=click.Choice([s.value for s in BalStatus]))
+@json_option
+@with_store
+async def bal_list(
+    store: Store, domain_name: str | None, status: str | None, as_json: bool
+) -> None:
+    bals = await store.list_bals(domain=domain_name, status=BalStatus(status) if status else None)
+    if as_json:
+        emit_json(bals)
+        return
+    emit_table(
+        ["address", "type", "status", "placement", "name"],
+        [
+            (b.address, b.type.value, b.status.value, b.placement.value, b.display_name)
+            for b in bals
+        ],
+    )
+
+
+@bal.command("show")
+@click.argument("address")
+@json_option
+@with_store
+async def bal_show(store: Store, address: str, as_json: bool) -> None:
+    b = await store.get_bal(address)
+    folders = []
+    for f in await store.list_folders(b.address):
+        _, total, unseen = await store.folder_status(f.id)
+        folders.append(
+            {
+                "name": f.name,
+                "special_use": f.special_use,
+                "messages": total,
+                "unseen": unseen,
+                "uidvalidity": f.uidvalidity,
+                "uidnext": f.uid_next,
+            }
+        )
+    delegations = await store.list_delegations(bal=b.address)
+    delegated_to_me = await store.list_delegations(delegate=b.address)
+    if as_json:
+        emit_json(
+            {
+                "bal": b,
+                "folders": folders,
+                "delegates": delegations,
+                "delegated_bals": delegated_to_me,
+            }
+        )
+        return
+    for label, value in (
+        ("address", b.address),
+        ("type", b.type.value),
+        ("name", b.display_name),
+        ("national id", b.national_id or "-"),
+        ("profession", b.profession or "-"),
+        ("description", b.description or "-"),
+        ("liste rouge", "yes" if b.liste_rouge else "no"),
+        ("status", b.status.value),
+        ("placement", b.placement.value),
+        ("created", f"{b.created_at:%Y-%m-%d %H:%M} UTC"),
+    ):
+        click.echo(f"{label:12} {value}")
+    click.echo("")
+    emit_table(
+        ["folder", "special-use", "messages", "unseen"],
+        [(f["name"], f["special_use"] or "", f["messages"], f["unseen"]) for f in folders],
+    )
+    if delegations or delegated_to_me:
+        click.echo("")
+        emit_table(
+            ["bal", "delegate", "rights"],
+            [
+                (d.bal, d.delegate, _rights(d.can_read, d.can_write, d.can_send))
+                for d in delegations + delegated_to_me
+            ],
+        )
+
+
+def _rights(read: bool, write: bool, send: bool) -> str:
+    return ",".join(n for n, on in (("read", read), ("write", write), ("send", send)) if on) or "-"
+
+
+async def _set_status(store: Store, address: str, status: BalStatus) -> None:
+    b = await store.set_bal_status(address, status)
+    await store.audit(f"bal.{status.value}", actor=_actor(), bal=b.address)
+    click.echo(f"BAL {b.address} is now {b.status.value}")
+
+
+@bal.command("suspend")
+@click.argument("address")
+@with_store
+async def bal_suspend(store: Store, address: str) -> None:
+    """Suspend a BAL: it keeps its mail but nobody can log in."""
+    await _set_status(store, address, BalStatus.SUSPENDED)
+
+
+@bal.command("activate")
+@click.argument("address")
+@with_store
+async def bal_activate(store: Store, address: str) -> None:
+    """Re-activate a suspended BAL."""
+    await _set_status(store, address, BalStatus.ACTIVE)
+
+
+@bal.command("close")
+@click.argument("address")
+@with_store
+async def bal_close(store: Store, address: str) -> None:
+    """Close a BAL (end of the professional's activity)."""
+    await _set_status(store, address, BalStatus.CLOSED)
+
+
+@bal.command("passwd")
+@click.argument("address")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@with_store
+async def bal_passwd(store: Store, address: str, password_stdin: bool) -> None:
+    b = await store.get_bal(address)
+    await store.set_password(b.address, read_password(password_stdin))
+    await store.audit("bal.passwd", actor=_actor(), bal=b.address)
+    click.echo(f"password of {b.address} changed")
+
+
+# -- delegate ---------------------------------------------------------------------------------
+
+
+@main.group()
+def delegate() -> None:
+    """Who may open or send as which BAL (a secretary for a doctor, a team for a service)."""
+
+
+@delegate.command("add")
+@click.argument("bal_address", metavar="BAL")
+@click.argument("delegate_address", metavar="DELEGATE")
+@click.option("--read/--no-read", default=True, show_default=True, help="Open and read the BAL.")
+@click.option("--write", is_flag=True, help="Also flag, move and delete its messages.")
+@click.option("--send", is_flag=True, help="Also send as the BAL.")
+@with_store
+async def delegate_add(
+    store: Store, bal_address: str, delegate_address: str, read: bool, write: bool, send: bool
+) -> None:
+    d = await store.add_delegation(
+        bal_address, delegate_address, can_read=read, can_write=write, can_send=send
+    )
+    rights = _rights(d.can_read, d.can_write, d.can_send)
+    await store.audit(
+        "delegation.add",
+        actor=_actor(),
+        bal=d.bal,
+        detail={"delegate": d.delegate, "rights": rights},
+    )
+    click.echo(f"{d.delegate} may now use {d.bal} ({rights})")
+
+
+@delegate.command("list")
+@click.option("--bal", "bal_address")
+@click.option("--delegate", "delegate_address")
+@json_option
+@with_store
+async def delegate_list(
+    store: Store, bal_address: str | None, delegate_address: str | None, as_json: bool
+) -> None:
+    found = await store.list_delegations(bal=bal_address, delegate=delegate_address)
+    if as_json:
+        emit_json(found)
+        return
+    emit_table(
+        ["bal", "delegate", "rights"],
+        [(d.bal, d.delegate, _rights(d.can_read, d.can_write, d.can_send)) for d in found],
+    )
+
+
+@delegate.command("remove")
+@click.argument("bal_address", metavar="BAL")
+@click.argument("delegate_address", metavar="DELEGATE")
+@with_store
+async def delegate_remove(store: Store, bal_address: str, delegate_address: str) -> None:
+    if not await store.remove_delegation(bal_address, delegate_address):
+        raise click.ClickException(f"{delegate_address} has no delegation on {bal_address}")
+    await store.audit(
+        "delegation.remove",
+        actor=_actor(),
+        bal=bal_address.lower(),
+        detail={"delegate": delegate_address.lower()},
+    )
+    click.echo(f"{delegate_address} may no longer use {bal_address}")
+
+
+# -- audit ------------------------------------------------------------------------------------
+
+
+@main.group("audit")
+def audit_group() -> None:
+    """The audit trail: who did what, on which BAL, when, from where."""
+
+
+@audit_group.command("tail")
+@click.option("-n", "--lines", default=20, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--bal", "bal_address")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new records.")
+@json_option
+@with_store
+async def audit_tail(
+    store: Store, lines: int, bal_address: str | None, follow: bool, as_json: bool
+) -> None:
+    records = await store.tail_audit(limit=lines, bal=bal_address)
+
+    def show(batch: list[Any]) -> None:
+        for r in batch:
+            if as_json:
+                click.echo(json.dumps(_jsonable(r), ensure_ascii=False))
+            else:
+                detail = json.dumps(r.detail, ensure_ascii=False) if r.detail else ""
+                click.echo(
+                    f"{r.at:%Y-%m-%d %H:%M:%S} {r.result:8} {r.action:18} {r.actor:30} "
+                    f"{r.bal or '-':40} {r.source or '-'} {detail}".rstrip()
+                )
+
+    show(records)
+    last = records[-1].id if records else 0
+    while follow:
+        await asyncio.sleep(1)
+        newer = [r for r in await store.tail_audit(limit=1000, bal=bal_address) if r.id > last]
+        if newer:
+            show(newer)
+            last = newer[-1].id
+
+
+# -- store ------------------------------------------------------------------------------------
+
+
+@main.group("store")
+def store_group() -> None:
+    """The store itself: port to PostgreSQL, statistics."""
+
+
+@store_group.command("port")
+@click.option("--to", "target_url", required=True, help="postgresql://user@host/db (empty schema).")
+@click.option("--blob-dir", type=click.Path(file_okay=False), help="Copy blobs there too.")
+@click.pass_obj
+def store_port(ctx: Context, target_url: str, blob_dir: str | None) -> None:
+    """Copy the whole store (usually SQLite) into another database (usually PostgreSQL)."""
+    from store.port import port_store
+
+    config = ctx.config
+
+    def progress(table: str, done: int, total: int) -> None:
+        click.echo(f"\r  {table:16} {done:>10}/{total}", nl=done == total)
+
+    report = run_async(port_store)(
+        config.database_url,
+        target_url,
+        source_blob_dir=config.blob_dir,
+        target_blob_dir=Path(blob_dir) if blob_dir else None,
+        progress=progress,
+    )
+    click.echo(f"ported {sum(report.values())} rows; point store.database_url at the new database")
+
+
+@store_group.command("stats")
+@json_option
+@with_store
+async def store_stats(store: Store, as_json: bool) -> None:
+    counts = await store.counts()
+    if as_json:
+        emit_json(counts)
+    else:
+        emit_table(["what", "count"], sorted(counts.items()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name=os.path.basename(sys.argv[0]))

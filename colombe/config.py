@@ -1,0 +1,255 @@
+"""Configuration: one TOML file, every key documented in deploy/colombe.example.toml, each key
+overridable by an environment variable ``COLOMBE_<SECTION>_<KEY>`` (``COLOMBE_STORE_DATABASE_URL``).
+
+Unknown keys and wrong types are refused with an error naming the key and where it came from:
+a typo must not silently fall back to a default on a health-data server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+CONFIG_FILE = "colombe.toml"
+ENV_PREFIX = "COLOMBE_"
+# Where a config is looked for when neither --config nor COLOMBE_CONFIG names one.
+SEARCH_PATH = (Path(CONFIG_FILE), Path("var") / CONFIG_FILE, Path("/etc/colombe") / CONFIG_FILE)
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the operator (names the key and the file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSection:
+    database_url: str = "sqlite:///var/colombe.db"
+    blob_dir: str = "var/blobs"
+    pool_size: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSection:
+    hostname: str = "localhost"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSection:
+    listen: str = "127.0.0.1:8780"
+
+
+@dataclass(frozen=True, slots=True)
+class LogSection:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    store: StoreSection = field(default_factory=StoreSection)
+    server: ServerSection = field(default_factory=ServerSection)
+    admin: AdminSection = field(default_factory=AdminSection)
+    log: LogSection = field(default_factory=LogSection)
+    # Where the file was read from; relative paths in it are relative to its directory.
+    path: Path | None = None
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent if self.path is not None else Path.cwd()
+
+    def resolve(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def database_url(self) -> str:
+        """The store URL with a relative SQLite path made absolute against the config's folder."""
+        url = self.store.database_url
+        for prefix in ("sqlite:///", "sqlite+aiosqlite:///"):
+            if url.startswith(prefix):
+                rest = url[len(prefix) :]
+                if rest and not rest.startswith("/") and rest != ":memory:":
+                    return prefix + str(self.resolve(rest))
+        return url
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.resolve(self.store.blob_dir)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    f.name: f.type if isinstance(f.type, type) else get_type_hints(Config)[f.name]
+    for f in dataclasses.fields(Config)
+    if f.name != "path"
+}
+_LEVELS = ("debug", "info", "warning", "error")
+_FORMATS = ("text", "json")
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(value: Any, wanted: type[Any], where: str) -> Any:
+    if wanted is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in (
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        ):
+            return value.lower() in ("1", "true", "yes", "on")
+    elif wanted is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif wanted is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}: expected {wanted.__name__}, got {value!r}")
+
+
+def _build(raw: Mapping[str, Any], origin: Mapping[str, str]) -> dict[str, Any]:
+    sections: dict[str, Any] = {}
+    for section_name, section_type in _SECTIONS.items():
+        values = raw.get(section_name, {})
+        hints = get_type_hints(section_type)
+        kwargs = {}
+        for key, value in values.items():
+            where = f"{origin.get(f'{section_name}.{key}', 'config')}: {section_name}.{key}"
+            kwargs[key] = _coerce(value, hints[key], where)
+        sections[section_name] = section_type(**kwargs)
+    return sections
+
+
+def _check_known(raw: Mapping[str, Any], source: str) -> None:
+    for section_name, values in raw.items():
+        if section_name not in _SECTIONS:
+            raise ConfigError(
+                f"{source}: unknown section [{section_name}]{_suggest(section_name, list(_SECTIONS))}"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: {section_name} must be a [section], not a value")
+        known = [f.name for f in dataclasses.fields(_SECTIONS[section_name])]
+        for key in values:
+            if key not in known:
+                raise ConfigError(
+                    f"{source}: unknown key {section_name}.{key}{_suggest(key, known)}"
+                )
+
+
+def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """``COLOMBE_STORE_DATABASE_URL=...`` -> {"store": {"database_url": ...}}."""
+    raw: dict[str, dict[str, str]] = {}
+    origin: dict[str, str] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        for section_name in sorted(_SECTIONS, key=len, reverse=True):
+            if rest.startswith(section_name + "_"):
+                key = rest[len(section_name) + 1 :]
+                known = [f.name for f in dataclasses.fields(_SECTIONS[section_name])]
+                if key not in known:
+                    hint = _suggest(key, known)
+                    raise ConfigError(f"environment: {name} is not a setting{hint}")
+                raw.setdefault(section_name, {})[key] = value
+                origin[f"{section_name}.{key}"] = f"environment {name}"
+                break
+    return raw, origin
+
+
+def find_config(explicit: str | Path | None, env: Mapping[str, str] = os.environ) -> Path | None:
+    if explicit is not None:
+        return Path(explicit)
+    if env.get("COLOMBE_CONFIG"):
+        return Path(env["COLOMBE_CONFIG"])
+    for candidate in SEARCH_PATH:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(path: str | Path | None, env: Mapping[str, str] = os.environ) -> Config:
+    """Read ``path`` (None: defaults only), then apply ``COLOMBE_*`` overrides, then validate."""
+    raw: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    resolved: Path | None = None
+    if path is not None:
+        resolved = Path(path).resolve()
+        try:
+            raw = tomllib.loads(resolved.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such configuration file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
+        _check_known(raw, str(path))
+        for section_name, values in raw.items():
+            for key in values:
+                origin[f"{section_name}.{key}"] = str(path)
+    env_raw, env_origin = _env_overrides(env)
+    for section_name, values in env_raw.items():
+        raw.setdefault(section_name, {}).update(values)
+    origin.update(env_origin)
+    config = Config(**_build(raw, origin), path=resolved)
+    _validate(config, origin)
+    return config
+
+
+def _validate(config: Config, origin: Mapping[str, str]) -> None:
+    def fail(key: str, message: str) -> None:
+        raise ConfigError(f"{origin.get(key, 'default')}: {key}: {message}")
+
+    if config.log.level.lower() not in _LEVELS:
+        fail("log.level", f"must be one of {', '.join(_LEVELS)}")
+    if config.log.format not in _FORMATS:
+        fail("log.format", f"must be one of {', '.join(_FORMATS)}")
+    if config.store.pool_size < 1:
+        fail("store.pool_size", "must be at least 1")
+    if not config.store.database_url.startswith(("sqlite", "postgres")):
+        fail("store.database_url", "must start with sqlite:/// or postgresql://")
+    if config.admin.listen:
+        parse_listen(config.admin.listen, "admin.listen", origin)
+
+
+def parse_listen(
+    value: str, key: str = "listen", origin: Mapping[str, str] | None = None
+) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    where = (origin or {}).get(key, "config")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{where}: {key}: expected host:port, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def render_config(*, database_url: str, blob_dir: str, hostname: str, admin_listen: str) -> str:
+    """A minimal working colombe.toml (what ``colombe init`` writes)."""
+    return (
+        "# Colombe configuration. Every key, with its default and meaning:\n"
+        "# deploy/colombe.example.toml. Relative paths are relative to this file.\n\n"
+        "[store]\n"
+        f'database_url = "{database_url}"\n'
+        f'blob_dir = "{blob_dir}"\n\n'
+        "[server]\n"
+        f'hostname = "{hostname}"\n\n'
+        "[admin]\n"
+        f'listen = "{admin_listen}"\n'
+    )

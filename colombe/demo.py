@@ -1,0 +1,129 @@
+"""Demo data for ``colombe demo``: two fictitious structures, their BALs, a delegation and mail.
+
+Every name and identifier here is invented (national identifiers use the test prefix range).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime, make_msgid
+
+from store import BalType, Store
+from store.errors import BalExists, DomainExists
+
+DEMO_PASSWORD = "colombe-demo"
+DEMO_DOMAINS = ("cabinet-demo.mssante.fr", "clinique-demo.mssante.fr")
+
+
+@dataclass(frozen=True)
+class DemoBal:
+    address: str
+    type: BalType
+    display_name: str
+    national_id: str | None = None
+    profession: str | None = None
+    description: str | None = None
+
+
+DEMO_BALS = (
+    DemoBal(
+        "claire.martin@cabinet-demo.mssante.fr",
+        BalType.PER,
+        "Dr Claire Martin",
+        national_id="899700000001",
+        profession="10",
+    ),
+    DemoBal(
+        "secretariat@cabinet-demo.mssante.fr",
+        BalType.ORG,
+        "Secrétariat du cabinet",
+        description="Secrétariat médical",
+    ),
+    DemoBal(
+        "paul.durand@clinique-demo.mssante.fr",
+        BalType.PER,
+        "Dr Paul Durand",
+        national_id="899700000002",
+        profession="10",
+    ),
+    DemoBal(
+        "cardiologie@clinique-demo.mssante.fr",
+        BalType.ORG,
+        "Service de cardiologie",
+        description="Cardiologie, bâtiment B",
+    ),
+    DemoBal(
+        "dpi@clinique-demo.mssante.fr",
+        BalType.APP,
+        "DPI de la clinique",
+        description="Boîte applicative lue par le DPI",
+    ),
+)
+
+
+def _demo_messages(now: datetime) -> list[bytes]:
+    def message(sent: datetime, sender: str, subject: str, body: str) -> bytes:
+        return (
+            f"From: {sender}\r\n"
+            f"To: Dr Claire Martin <claire.martin@cabinet-demo.mssante.fr>\r\n"
+            f"Subject: {subject}\r\n"
+            f"Date: {format_datetime(sent)}\r\n"
+            f"Message-ID: {make_msgid(domain='clinique-demo.mssante.fr')}\r\n"
+            f"MIME-Version: 1.0\r\n"
+            f"Content-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Transfer-Encoding: 8bit\r\n"
+            f"\r\n{body}\r\n"
+        ).encode()
+
+    return [
+        message(
+            now - timedelta(days=2),
+            "Dr Paul Durand <paul.durand@clinique-demo.mssante.fr>",
+            "=?utf-8?q?Compte_rendu_d=27hospitalisation?=",
+            "Chère consœur,\r\n\r\nVotre patient est sorti ce jour. Compte rendu à suivre.\r\n",
+        ),
+        message(
+            now - timedelta(hours=3),
+            "Service de cardiologie <cardiologie@clinique-demo.mssante.fr>",
+            "=?utf-8?q?Rendez-vous_de_contr=C3=B4le?=",
+            "Bonjour,\r\n\r\nLe rendez-vous de contrôle est fixé au 3 décembre à 10 h.\r\n",
+        ),
+    ]
+
+
+async def seed_demo(store: Store) -> bool:
+    """Create the demo data; False if it was already there (idempotent)."""
+    created = False
+    for domain in DEMO_DOMAINS:
+        try:
+            await store.add_domain(domain)
+            created = True
+        except DomainExists:
+            pass
+    for bal in DEMO_BALS:
+        try:
+            await store.create_bal(
+                bal.address,
+                bal.type,
+                display_name=bal.display_name,
+                national_id=bal.national_id,
+                profession=bal.profession,
+                description=bal.description,
+                password=DEMO_PASSWORD,
+            )
+            created = True
+        except BalExists:
+            pass
+    if created:
+        await store.add_delegation(
+            "claire.martin@cabinet-demo.mssante.fr",
+            "secretariat@cabinet-demo.mssante.fr",
+            can_read=True,
+            can_write=True,
+            can_send=True,
+        )
+        for raw in _demo_messages(datetime.now(UTC)):
+            await store.deliver("claire.martin@cabinet-demo.mssante.fr", raw)
+        await store.audit("demo.seed", actor="colombe demo", result="ok")
+    return created
