@@ -9,6 +9,7 @@ PostgreSQL uses one pooled engine for both.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from store.errors import InvalidInput
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _compact_json(value: Any) -> str:
+    # Metadata JSON is stored for every message: no padding spaces, UTF-8 kept as is.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def normalise_url(url: str) -> str:
@@ -87,14 +93,18 @@ class Database:
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            writer = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=60)
+            writer = create_async_engine(
+                url, pool_size=1, max_overflow=0, pool_timeout=60, json_serializer=_compact_json
+            )
             reader = create_async_engine(url, pool_size=4, max_overflow=4)
             event.listen(writer.sync_engine, "connect", _sqlite_on_connect)
             event.listen(writer.sync_engine, "begin", _sqlite_begin_immediate)
             event.listen(reader.sync_engine, "connect", _sqlite_on_connect)
             event.listen(reader.sync_engine, "begin", _sqlite_begin_deferred)
             return cls(url=url, dialect="sqlite", writer=writer, reader=reader)
-        engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
+        engine = create_async_engine(
+            url, pool_size=pool_size, max_overflow=pool_size, json_serializer=_compact_json
+        )
         return cls(url=url, dialect="postgresql", writer=engine, reader=engine)
 
     async def dispose(self) -> None:
