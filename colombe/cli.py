@@ -105,9 +105,11 @@ def run_async(fn: Callable[P, Awaitable[T]]) -> Callable[P, T]:
 
     @wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        from colombe.serve import StartError
+
         try:
             return asyncio.run(fn(*args, **kwargs))  # type: ignore[arg-type]
-        except (StoreError, ConfigError) as exc:
+        except (StoreError, ConfigError, StartError) as exc:
             raise click.ClickException(str(exc)) from None
 
     return wrapper
@@ -621,6 +623,24 @@ def store_port(ctx: Context, target_url: str, blob_dir: str | None) -> None:
         progress=progress,
     )
     click.echo(f"ported {sum(report.values())} rows; point store.database_url at the new database")
+
+
+@store_group.command("gc")
+@click.option(
+    "--grace-hours",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Keep unreferenced blobs younger than this (deliveries in flight).",
+)
+@with_store
+async def store_gc(store: Store, grace_hours: float) -> None:
+    """Delete message files nothing references any more (after expunge or folder deletion)."""
+    from datetime import timedelta
+
+    removed, freed = await store.collect_garbage(grace=timedelta(hours=grace_hours))
+    await store.audit("store.gc", actor=_actor(), detail={"removed": removed, "bytes": freed})
+    click.echo(f"removed {removed} unreferenced blob(s), {freed / 1e6:.1f} MB freed")
 
 
 @store_group.command("stats")

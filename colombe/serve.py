@@ -42,6 +42,10 @@ class UnknownComponent(Exception):
     pass
 
 
+class StartError(Exception):
+    """A component could not start (typically: its address is taken or not ours)."""
+
+
 def select_components(only: list[str] | None) -> list[str]:
     if not only:
         return list(COMPONENTS)
@@ -78,7 +82,13 @@ async def serve(
             if component is None:
                 log.info("component %s disabled by configuration", name)
                 continue
-            await component.start()
+            try:
+                await component.start()
+            except OSError as exc:
+                raise StartError(
+                    f"{name} cannot start: {exc.strerror or exc} (see the [{name}] section "
+                    "of colombe.toml)"
+                ) from None
             started.append(component)
             log.info("component %s started", name)
         endpoints = [line for c in started for line in c.endpoints()]

@@ -162,6 +162,27 @@ class BlobStore:
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
                 yield m
 
+    def remove_unreferenced(self, referenced: set[str], *, older_than: float) -> tuple[int, int]:
+        """Delete blobs not in ``referenced`` whose file is older than ``older_than`` (a Unix
+        time), and temporary files left by a crash; return (files removed, octets freed).
+
+        The age test protects deliveries in flight: their blob is written before their row is
+        committed, so a young unreferenced blob may be about to be referenced.
+        """
+        removed = freed = 0
+        candidates = [self.path(d) for d in self.digests() if d not in referenced]
+        candidates += list(self._tmp.iterdir())
+        for path in candidates:
+            try:
+                st = path.stat()
+                if st.st_mtime < older_than:
+                    path.unlink()
+                    removed += 1
+                    freed += st.st_size
+            except FileNotFoundError:
+                continue
+        return removed, freed
+
     def digests(self) -> Iterator[str]:
         """Every blob present (for garbage collection and the port tool)."""
         for path in self.root.glob("??/??/*"):

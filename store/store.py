@@ -1137,6 +1137,21 @@ class Store:
             for r in reversed(rows)
         ]
 
+    # -- maintenance ------------------------------------------------------------------------------
+
+    async def collect_garbage(self, *, grace: timedelta = timedelta(hours=1)) -> tuple[int, int]:
+        """Remove blobs no message and no queue entry references any more (expunged, deleted
+        folders), once older than ``grace``; return (files removed, octets freed)."""
+        older_than = (_now() - grace).timestamp()
+        async with self.db.reader.connect() as conn:
+            referenced = set((await conn.execute(select(messages.c.blob).distinct())).scalars())
+            referenced |= set(
+                (await conn.execute(select(outbound_queue.c.blob).distinct())).scalars()
+            )
+        return await asyncio.to_thread(
+            self.blobs.remove_unreferenced, referenced, older_than=older_than
+        )
+
     # -- statistics -------------------------------------------------------------------------------
 
     async def counts(self) -> dict[str, int]:

@@ -125,3 +125,25 @@ async def test_read_range_serves_a_part_without_reading_the_rest(store: Store, d
     text_part = info.body["parts"][0]
     got = await store.blobs.read_range(info.blob, text_part["body_start"], text_part["end"])
     assert got == "Bonjour Docteur, veuillez trouver ci-joint les résultats.".encode()
+
+
+async def test_garbage_collection_removes_only_unreferenced_old_blobs(
+    store: Store, doctor: str
+) -> None:
+    from datetime import timedelta
+
+    from store import Flag
+
+    shared = await store.deliver(doctor, simple_message(1))
+    await store.deliver(doctor, simple_message(1), "Archive")  # same blob, second reference
+    alone = await store.deliver(doctor, simple_message(2))
+    await store.set_flags(shared.folder_id, [shared.uid, alone.uid], flags=Flag.DELETED)
+    await store.expunge(shared.folder_id)
+    # Young unreferenced blobs are kept: a delivery in flight may be about to reference them.
+    assert await store.collect_garbage() == (0, 0)
+    removed, freed = await store.collect_garbage(grace=timedelta(seconds=-1))
+    assert (removed, freed) == (1, len(simple_message(2)))
+    assert not store.blobs.exists(alone.blob)
+    assert store.blobs.exists(shared.blob)
+    [archived] = await store.list_messages((await store.get_folder(doctor, "Archive")).id)
+    assert await store.read_message(archived) == simple_message(1)

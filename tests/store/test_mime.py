@@ -844,14 +844,8 @@ def test_30mb_message_through_mmap_is_fast(tmp_path: Path) -> None:
         elapsed = max(elapsed, time.perf_counter() - started)
         assert single_meta.body["lines"] == attachment.count(b"\n")
         assert single_meta.body["size"] == len(attachment)
+    # Not a benchmark (bench/ has the figures): a guard against a quadratic scan, 20x above normal.
     assert elapsed < 2.0, f"30 MB parse took {elapsed:.2f}s"
-
-
-def test_typical_multipart_parse_is_fast() -> None:
-    started = time.perf_counter()
-    for _ in range(100):
-        parse_message(MIXED)
-    assert (time.perf_counter() - started) / 100 < 0.005
 
 
 def test_metadata_is_json_serialisable() -> None:
