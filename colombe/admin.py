@@ -95,51 +95,57 @@ class AdminServer:
             await self._server.wait_closed()
 
     def endpoints(self) -> list[str]:
-        base = f"http://{self._host}:{self.port}"
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        base = f"http://{host}:{self.port}"
         return [f"admin    {base}/healthz  {base}/metrics"]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head_only = False
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
-                status, body, ctype = await self._respond(reader)
+                status, body, ctype, head_only = await self._respond(reader)
         except (TimeoutError, ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError):
             status, body, ctype = "400 Bad Request", b"bad request\n", "text/plain"
         except Exception:
             log.exception("admin request failed")
             status, body, ctype = "500 Internal Server Error", b"error\n", "text/plain"
+        # RFC 9110 §15.5.6: a 405 lists the methods the resource supports.
+        allow = "Allow: GET, HEAD\r\n" if status.startswith("405") else ""
         with contextlib.suppress(ConnectionError):
             writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n{allow}"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                + body
+                # RFC 9110 §9.3.2: HEAD gets the headers of GET, without the content.
+                + (b"" if head_only else body)
             )
             await writer.drain()
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
 
-    async def _respond(self, reader: asyncio.StreamReader) -> tuple[str, bytes, str]:
+    async def _respond(self, reader: asyncio.StreamReader) -> tuple[str, bytes, str, bool]:
         request_line = (await reader.readline()).decode("latin-1").rstrip("\r\n")
         for _ in range(MAX_HEADERS + 1):
             if (await reader.readline()) in (b"\r\n", b"\n", b""):
                 break
         else:
-            return "431 Request Header Fields Too Large", b"too many headers\n", "text/plain"
+            return "431 Request Header Fields Too Large", b"too many headers\n", "text/plain", False
         parts = request_line.split()
         if len(parts) != 3 or not parts[2].startswith("HTTP/"):
             raise ValueError("malformed request line")
         method, path = parts[0], parts[1].split("?", 1)[0]
+        head = method == "HEAD"
         if method not in ("GET", "HEAD"):
-            return "405 Method Not Allowed", b"GET only\n", "text/plain"
+            return "405 Method Not Allowed", b"GET only\n", "text/plain", False
         if path == "/healthz":
             ok = await self._store_answers()
             if ok:
-                return "200 OK", b"ok\n", "text/plain"
-            return "503 Service Unavailable", b"store unavailable\n", "text/plain"
+                return "200 OK", b"ok\n", "text/plain", head
+            return "503 Service Unavailable", b"store unavailable\n", "text/plain", head
         if path == "/metrics":
             await self._refresh_snapshot()
-            return "200 OK", generate_latest(self._registry), "text/plain; version=0.0.4"
-        return "404 Not Found", b"not found\n", "text/plain"
+            return "200 OK", generate_latest(self._registry), "text/plain; version=0.0.4", head
+        return "404 Not Found", b"not found\n", "text/plain", head
 
     async def _store_answers(self) -> bool:
         try:

@@ -4,9 +4,9 @@ scripts. Every change made here is written to the audit trail with the operator'
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 import os
+import pwd
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, is_dataclass
@@ -34,10 +34,14 @@ T = TypeVar("T")
 
 
 def _actor() -> str:
+    """The operator's login for the audit trail: the real uid (environment variables such as
+    LOGNAME are set by the caller and prove nothing), plus the sudo caller when there is one."""
     try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:
-        return "cli"
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        user = str(os.getuid())
+    sudo_user = os.environ.get("SUDO_USER")
+    return f"cli:{sudo_user}(sudo {user})" if sudo_user and sudo_user != user else f"cli:{user}"
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -100,17 +104,25 @@ class Context:
         return await open_store(self.config)
 
 
+class ColombeGroup(click.Group):
+    """Turns the errors we raise on purpose (bad configuration, store refusals, a listener that
+    cannot start) into one-line messages with exit code 1, wherever a command raises them."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from colombe.serve import StartError, UnknownComponent
+
+        try:
+            return super().invoke(ctx)
+        except (StoreError, ConfigError, StartError, UnknownComponent) as exc:
+            raise click.ClickException(str(exc)) from None
+
+
 def run_async(fn: Callable[P, Awaitable[T]]) -> Callable[P, T]:
-    """Run an async command; store and config errors become clean CLI errors (exit 1)."""
+    """Run an async command to completion."""
 
     @wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        from colombe.serve import StartError
-
-        try:
-            return asyncio.run(fn(*args, **kwargs))  # type: ignore[arg-type]
-        except (StoreError, ConfigError, StartError) as exc:
-            raise click.ClickException(str(exc)) from None
+        return asyncio.run(fn(*args, **kwargs))  # type: ignore[arg-type]
 
     return wrapper
 
@@ -151,7 +163,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 # -- commands ---------------------------------------------------------------------------------
 
 
-@click.group()
+@click.group(cls=ColombeGroup)
 @click.option(
     "--config",
     "config_path",
@@ -188,7 +200,10 @@ def init(
     if target.exists() and not force:
         raise click.ClickException(f"{target} exists; use --force to overwrite it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(
+    # Written beside the target and renamed only once the store opened: a failed init (database
+    # unreachable, bad URL) leaves nothing behind to --force over.
+    draft = target.with_name(f".{target.name}.{os.getpid()}")
+    draft.write_text(
         render_config(
             database_url=database_url,
             blob_dir=blob_dir,
@@ -200,14 +215,21 @@ def init(
 
     @run_async
     async def create() -> None:
-        config = load_config(target)
         from colombe.serve import open_store
 
-        store = await open_store(config)
-        await store.audit("store.init", actor=_actor(), detail={"config": str(target)})
-        await store.close()
+        store = await open_store(load_config(draft))
+        try:
+            await store.audit(
+                "store.init", actor=_actor(), detail={"config": str(target.resolve())}
+            )
+        finally:
+            await store.close()
 
-    create()
+    try:
+        create()
+        draft.replace(target)
+    finally:
+        draft.unlink(missing_ok=True)
     click.echo(f"wrote {target}; store ready. Next: colombe --config {target} domain add DOMAIN")
 
 
@@ -265,17 +287,15 @@ def demo(directory: str, admin_listen: str) -> None:
 @click.pass_obj
 def serve_command(ctx: Context, only: tuple[str, ...]) -> None:
     """Run the configured components until SIGTERM."""
-    from colombe.serve import UnknownComponent, serve
+    from colombe.serve import select_components, serve
 
     config = ctx.config
+    select_components(list(only) or None)  # an unknown name fails before anything starts
 
     def ready(endpoints: list[str]) -> None:
         click.echo("ready: " + ("; ".join(endpoints) or "no listener configured"), err=True)
 
-    try:
-        run_async(serve)(config, only=list(only) or None, on_ready=ready)
-    except UnknownComponent as exc:
-        raise click.ClickException(str(exc)) from None
+    run_async(serve)(config, only=list(only) or None, on_ready=ready)
 
 
 # -- domain -----------------------------------------------------------------------------------
@@ -371,6 +391,8 @@ async def bal_add(
 async def bal_list(
     store: Store, domain_name: str | None, status: str | None, as_json: bool
 ) -> None:
+    if domain_name is not None:
+        await store.get_domain(domain_name)  # an unknown domain is an error, not an empty list
     bals = await store.list_bals(domain=domain_name, status=BalStatus(status) if status else None)
     if as_json:
         emit_json(bals)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -219,7 +220,7 @@ def _validate(config: Config, origin: Mapping[str, str]) -> None:
 
     if config.log.level.lower() not in _LEVELS:
         fail("log.level", f"must be one of {', '.join(_LEVELS)}")
-    if config.log.format not in _FORMATS:
+    if config.log.format.lower() not in _FORMATS:
         fail("log.format", f"must be one of {', '.join(_FORMATS)}")
     if config.store.pool_size < 1:
         fail("store.pool_size", "must be at least 1")
@@ -242,14 +243,19 @@ def parse_listen(
 
 def render_config(*, database_url: str, blob_dir: str, hostname: str, admin_listen: str) -> str:
     """A minimal working colombe.toml (what ``colombe init`` writes)."""
+
+    def q(value: str) -> str:
+        # JSON string escapes (\\, \", \n, \uXXXX) are valid TOML basic-string escapes.
+        return json.dumps(value, ensure_ascii=False)
+
     return (
         "# Colombe configuration. Every key, with its default and meaning:\n"
         "# deploy/colombe.example.toml. Relative paths are relative to this file.\n\n"
         "[store]\n"
-        f'database_url = "{database_url}"\n'
-        f'blob_dir = "{blob_dir}"\n\n'
+        f"database_url = {q(database_url)}\n"
+        f"blob_dir = {q(blob_dir)}\n\n"
         "[server]\n"
-        f'hostname = "{hostname}"\n\n'
+        f"hostname = {q(hostname)}\n\n"
         "[admin]\n"
-        f'listen = "{admin_listen}"\n'
+        f"listen = {q(admin_listen)}\n"
     )

@@ -57,3 +57,7 @@ class BlobMissing(StoreError):
 
 class StoreNotEmpty(StoreError):
     """Raised by the port tool when the destination already holds data."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or opened (the URL is given without its password)."""

@@ -15,7 +15,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import and_, case, delete, func, insert, or_, select, text, update
 from sqlalchemy.engine import Row, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store import mime
@@ -32,6 +32,7 @@ from store.errors import (
     FolderNotFound,
     InvalidInput,
     StoreError,
+    StoreUnavailable,
 )
 from store.model import (
     DEFAULT_FOLDERS,
@@ -237,8 +238,18 @@ class Store:
     ) -> Store:
         db = Database.connect(database_url, pool_size=pool_size)
         try:
-            if migrate_schema:
-                await migrate(db)
+            try:
+                if migrate_schema:
+                    await migrate(db)
+                else:
+                    async with db.reader.connect() as conn:
+                        await conn.execute(text("SELECT 1"))
+            except (OSError, SQLAlchemyError) as exc:
+                shown = make_url(db.url).render_as_string(hide_password=True)
+                reason = getattr(exc, "orig", None) or exc
+                raise StoreUnavailable(
+                    f"cannot open the store at {shown}: {type(reason).__name__}: {reason}"
+                ) from exc
             feed: ChangeFeed
             if db.is_postgresql:
                 dsn = make_url(db.url).set(drivername="postgresql")

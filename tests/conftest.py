@@ -83,9 +83,7 @@ async def _empty_postgres(url: str) -> None:
 
 
 @pytest.fixture(params=BACKENDS)
-async def store_location(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[StoreLocation]:
+async def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> StoreLocation:
     backend: str = request.param
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'colombe.db'}"
