@@ -9,6 +9,7 @@ one file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import mmap
 import os
@@ -66,7 +67,7 @@ class BlobStore:
     def _put_sync(self, data: bytes | bytearray | memoryview) -> tuple[str, int]:
         digest = hashlib.sha256(data).hexdigest()
         final = self.path(digest)
-        if final.exists():
+        if self._reuse(final):
             return digest, len(data)
         tmp = self._tmp / uuid.uuid4().hex
         with open(tmp, "wb") as f:
@@ -75,6 +76,21 @@ class BlobStore:
             os.fsync(f.fileno())
         self._install(tmp, final)
         return digest, len(data)
+
+    def _reuse(self, final: Path) -> bool:
+        """True when an identical blob is already in place and may be referenced again.
+
+        Touching it tells garbage collection it is wanted (GC spares young files, and checks the
+        age after moving the file aside, so a touch either lands before the check or fails here
+        and the blob is written afresh). The directory is fsync'd because the writer that put the
+        file there may not have done so yet.
+        """
+        try:
+            os.utime(final)
+        except FileNotFoundError:
+            return False
+        _fsync_dir(final.parent)
+        return True
 
     def import_file(self, source: Path, *, expected: str | None = None) -> str:
         """Copy a file in as a blob (the port tool moving blobs to a new directory)."""
@@ -170,18 +186,43 @@ class BlobStore:
         committed, so a young unreferenced blob may be about to be referenced.
         """
         removed = freed = 0
-        candidates = [self.path(d) for d in self.digests() if d not in referenced]
-        candidates += list(self._tmp.iterdir())
-        for path in candidates:
-            try:
+        for path in list(self._tmp.iterdir()):
+            with contextlib.suppress(FileNotFoundError):
+                if path.name.startswith("gc-"):
+                    # Moved aside by a collection that crashed: put back, judged again below.
+                    self._restore(path, self.path(path.name[3:]))
+                    continue
                 st = path.stat()
                 if st.st_mtime < older_than:
                     path.unlink()
                     removed += 1
                     freed += st.st_size
+        for digest in [d for d in self.digests() if d not in referenced]:
+            final = self.path(digest)
+            # Move aside first, then judge the age of what was moved: a delivery reusing the
+            # blob either touched it before the move (the age check sees it, it goes back) or
+            # finds it gone and writes it again. Deciding on a stat made before the unlink
+            # would leave a window where a just-reused blob is deleted.
+            aside = self._tmp / f"gc-{digest}"
+            try:
+                os.replace(final, aside)
             except FileNotFoundError:
                 continue
+            st = aside.stat()
+            if st.st_mtime >= older_than:
+                self._restore(aside, final)
+                continue
+            aside.unlink()
+            removed += 1
+            freed += st.st_size
         return removed, freed
+
+    def _restore(self, aside: Path, final: Path) -> None:
+        if final.exists():
+            aside.unlink()  # written again meanwhile: same content
+        else:
+            os.replace(aside, final)
+            _fsync_dir(final.parent)
 
     def digests(self) -> Iterator[str]:
         """Every blob present (for garbage collection and the port tool)."""
@@ -216,7 +257,7 @@ class BlobWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         final = self._store.path(digest)
-        if final.exists():
+        if self._store._reuse(final):
             self._tmp.unlink()
         else:
             self._store._install(self._tmp, final)

@@ -86,6 +86,9 @@ class PostgresChangeFeed(ChangeFeed):
     """Receives NOTIFYs from every process sharing the database (LISTEN on a dedicated connection)."""
 
     RECONNECT_DELAY = 1.0
+    # A connection dropped silently (NAT, load balancer) never reports its death: probe it.
+    KEEPALIVE_INTERVAL = 30.0
+    KEEPALIVE_TIMEOUT = 5.0
 
     def __init__(self, dsn: str) -> None:
         super().__init__()
@@ -129,7 +132,11 @@ class PostgresChangeFeed(ChangeFeed):
                 first = False
                 closed = asyncio.Event()
                 conn.add_termination_listener(lambda _c, ev=closed: ev.set())
-                await closed.wait()
+                while not closed.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(closed.wait(), self.KEEPALIVE_INTERVAL)
+                    if not closed.is_set():
+                        await asyncio.wait_for(conn.execute("SELECT 1"), self.KEEPALIVE_TIMEOUT)
                 log.warning("change feed connection lost; reconnecting")
             except asyncio.CancelledError:
                 raise

@@ -10,13 +10,13 @@ PostgreSQL uses one pooled engine for both.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -38,15 +38,19 @@ def normalise_url(url: str) -> str:
     """
     try:
         parsed = make_url(url)
-    except Exception as exc:
-        raise InvalidInput(f"not a database URL: {url!r} ({exc})") from None
+    except Exception:
+        # The text may hold a password: never echo it.
+        raise InvalidInput(
+            "not a database URL (expected sqlite:///... or postgresql://...)"
+        ) from None
+    shown = parsed.render_as_string(hide_password=True)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
     if backend in ("postgresql", "postgres"):
         return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
     raise InvalidInput(
-        f"unsupported database {backend!r} in {url!r}: use sqlite:/// or postgresql://"
+        f"unsupported database {backend!r} in {shown}: use sqlite:/// or postgresql://"
     )
 
 
@@ -77,7 +81,7 @@ def _sqlite_begin_deferred(conn: Connection) -> None:
 class Database:
     """The engines of one store. ``writer`` for transactions that write, ``reader`` for the rest."""
 
-    url: str
+    url: str = field(repr=False)  # may hold a password
     dialect: str
     writer: AsyncEngine
     reader: AsyncEngine
@@ -94,16 +98,28 @@ class Database:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             writer = create_async_engine(
-                url, pool_size=1, max_overflow=0, pool_timeout=60, json_serializer=_compact_json
+                url,
+                pool_size=1,
+                max_overflow=0,
+                pool_timeout=60,
+                json_serializer=_compact_json,
+                hide_parameters=True,
             )
-            reader = create_async_engine(url, pool_size=4, max_overflow=4)
+            reader = create_async_engine(url, pool_size=4, max_overflow=4, hide_parameters=True)
             event.listen(writer.sync_engine, "connect", _sqlite_on_connect)
             event.listen(writer.sync_engine, "begin", _sqlite_begin_immediate)
             event.listen(reader.sync_engine, "connect", _sqlite_on_connect)
             event.listen(reader.sync_engine, "begin", _sqlite_begin_deferred)
             return cls(url=url, dialect="sqlite", writer=writer, reader=reader)
         engine = create_async_engine(
-            url, pool_size=pool_size, max_overflow=pool_size, json_serializer=_compact_json
+            url,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            json_serializer=_compact_json,
+            # SQL errors must not carry bound values (subjects, addresses, headers) into logs.
+            hide_parameters=True,
+            # An acknowledged delivery must not depend on the server's default durability.
+            connect_args={"server_settings": {"synchronous_commit": "on"}},
         )
         return cls(url=url, dialect="postgresql", writer=engine, reader=engine)
 
@@ -127,6 +143,10 @@ async def migrate(db: Database) -> None:
         command.upgrade(_alembic_config(connection), "head")
 
     async with db.writer.begin() as conn:
+        if db.is_postgresql:
+            # Several front ends starting together: one migrates, the others wait, then find
+            # the schema at head.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(7460616)"))
         await conn.run_sync(upgrade)
 
 

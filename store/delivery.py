@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert, text, update
+from sqlalchemy.exc import DataError, IntegrityError
 
 from store.changes import CHANNEL, ChangeFeed
 from store.database import Database
@@ -29,6 +30,9 @@ from store.schema import folders, messages
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 256
+# A delivery waits at most this long for its commit; the MTA then answers 451 and the sender
+# retries (at worst a duplicate, never a loss, if the commit completes later).
+COMMIT_TIMEOUT = 120.0
 
 
 class FolderVanished(StoreError):
@@ -66,10 +70,11 @@ class GroupCommitter:
         future: asyncio.Future[DeliveryResult] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(folder_id, row, future))
         self._wake.set()
-        if self._task is None:
+        if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="group-commit")
         # Shielded: a cancelled caller (client hung up) does not cancel a commit shared by others.
-        return await asyncio.shield(future)
+        async with asyncio.timeout(COMMIT_TIMEOUT):
+            return await asyncio.shield(future)
 
     async def close(self) -> None:
         """Commit what is pending, then stop."""
@@ -95,12 +100,19 @@ class GroupCommitter:
         try:
             await self._commit(batch)
         except Exception as exc:
-            if len(batch) == 1:
-                if not batch[0].future.done():
-                    batch[0].future.set_exception(exc)
+            # Only a statement error can be one row's fault; a lost connection or a locked
+            # database fails everybody at once rather than being retried row by row.
+            if len(batch) == 1 or not isinstance(exc, IntegrityError | DataError):
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
                 return
             # One bad row must not fail its neighbours: retry them one by one.
-            log.warning("batch of %d deliveries failed (%s); retrying singly", len(batch), exc)
+            log.warning(
+                "batch of %d deliveries failed (%s); retrying singly",
+                len(batch),
+                type(exc).__name__,
+            )
             for item in batch:
                 try:
                     await self._commit([item])

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.blobs import BlobStore
 from store.database import Database, migrate
@@ -45,7 +46,13 @@ async def port_store(
                         "port only into an empty database"
                     )
         copied: dict[str, int] = {}
-        async with source.reader.connect() as src, src.begin():
+        # One snapshot of the source for every table (PostgreSQL's default READ COMMITTED would
+        # let a folder's UIDNEXT be read before a later message is), and everything on the
+        # target side, the check and the blobs included, done before its single commit.
+        async with source.reader.connect() as src:
+            if source.is_postgresql:
+                await src.execution_options(isolation_level="REPEATABLE READ")
+            await src.begin()
             totals = {
                 t.name: (await src.execute(select(func.count()).select_from(t))).scalar_one()
                 for t in TABLES_IN_DEPENDENCY_ORDER
@@ -72,26 +79,26 @@ async def port_store(
                                     f"COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM {table.name}"
                                 )
                             )
-        async with target.reader.connect() as conn:
-            for table in TABLES_IN_DEPENDENCY_ORDER:
-                count = (await conn.execute(select(func.count()).select_from(table))).scalar_one()
-                if count != totals[table.name]:
-                    raise StoreError(
-                        f"port check failed: {table.name} has {count} rows in the target, "
-                        f"{totals[table.name]} in the source"
-                    )
-        if target_blob_dir is not None and source_blob_dir is not None:
-            await _copy_blobs(source, Path(source_blob_dir), Path(target_blob_dir))
+                for table in TABLES_IN_DEPENDENCY_ORDER:
+                    count = (
+                        await dst.execute(select(func.count()).select_from(table))
+                    ).scalar_one()
+                    if count != totals[table.name]:
+                        raise StoreError(
+                            f"port check failed: {table.name} has {count} rows in the target, "
+                            f"{totals[table.name]} in the source; nothing was committed"
+                        )
+                if target_blob_dir is not None and source_blob_dir is not None:
+                    await _copy_blobs(src, Path(source_blob_dir), Path(target_blob_dir))
         return copied
     finally:
         await source.dispose()
         await target.dispose()
 
 
-async def _copy_blobs(source: Database, from_dir: Path, to_dir: Path) -> None:
-    async with source.reader.connect() as conn:
-        digests = set((await conn.execute(select(messages.c.blob).distinct())).scalars())
-        digests |= set((await conn.execute(select(outbound_queue.c.blob).distinct())).scalars())
+async def _copy_blobs(conn: AsyncConnection, from_dir: Path, to_dir: Path) -> None:
+    digests = set((await conn.execute(select(messages.c.blob).distinct())).scalars())
+    digests |= set((await conn.execute(select(outbound_queue.c.blob).distinct())).scalars())
     await asyncio.to_thread(_copy_blob_files, sorted(digests), from_dir, to_dir)
 
 

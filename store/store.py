@@ -223,7 +223,6 @@ class Store:
         self._committer = GroupCommitter(db, feed)
         self._hasher = PasswordHasher()
         self._dummy_hash: str | None = None
-        self._folder_ids: dict[tuple[str, str], int] = {}
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -653,10 +652,13 @@ class Store:
                 children = (
                     await conn.execute(
                         select(folders.c.id, folders.c.name).where(
-                            folders.c.bal_id == folder.bal_id, folders.c.name.startswith(prefix)
+                            folders.c.bal_id == folder.bal_id,
+                            folders.c.name.startswith(prefix, autoescape=True),
                         )
                     )
                 ).all()
+                # LIKE is case-insensitive on SQLite: keep only the exact children.
+                children = [c for c in children if c.name.startswith(prefix)]
                 await conn.execute(
                     update(folders).where(folders.c.id == folder.id).values(name=new)
                 )
@@ -668,7 +670,6 @@ class Store:
                     )
         except IntegrityError:
             raise FolderExists(bal, new) from None
-        self._folder_ids.clear()
         return await self.get_folder(bal, new)
 
     async def delete_folder(self, bal: str, name: str) -> None:
@@ -677,20 +678,10 @@ class Store:
         if folder.name == "INBOX":
             raise InvalidInput("INBOX cannot be deleted")
         async with self.db.writer.begin() as conn:
+            await self._lock_folder(conn, folder.id)
             await conn.execute(delete(messages).where(messages.c.folder_id == folder.id))
             await conn.execute(delete(expunged).where(expunged.c.folder_id == folder.id))
             await conn.execute(delete(folders).where(folders.c.id == folder.id))
-        self._folder_ids.clear()
-
-    async def _folder_id(self, bal: str, folder: str) -> int:
-        key = (normalise_address(bal), normalise_folder_name(folder))
-        folder_id = self._folder_ids.get(key)
-        if folder_id is None:
-            folder_id = (await self.get_folder(*key)).id
-            if len(self._folder_ids) > 100_000:
-                self._folder_ids.clear()
-            self._folder_ids[key] = folder_id
-        return folder_id
 
     # -- delivery ---------------------------------------------------------------------------------
 
@@ -711,7 +702,9 @@ class Store:
         The octets are stored as received; metadata is computed once here.
         """
         keywords = _validate_keywords(keywords)
-        folder_id = await self._folder_id(bal, folder)
+        # Resolved for each delivery (no cache): another process may rename a folder and reuse
+        # its name at any moment.
+        folder_id = (await self.get_folder(bal, folder)).id
         if isinstance(message, str):
             digest = message
             with self.blobs.mapped(digest) as data:
@@ -746,7 +739,6 @@ class Store:
         try:
             return await self._committer.submit(folder_id, row)
         except FolderVanished:
-            self._folder_ids.clear()
             raise FolderNotFound(bal, folder) from None
 
     # -- reading ----------------------------------------------------------------------------------
@@ -841,6 +833,7 @@ class Store:
         wanted_keywords = _validate_keywords(keywords)
         changes: list[FlagChange] = []
         async with self.db.writer.begin() as conn:
+            await self._lock_folder(conn, folder_id)
             current: list[Any] = []
             for chunk in _chunks(sorted(set(uids))):
                 current.extend(
@@ -901,6 +894,7 @@ class Store:
     async def expunge(self, folder_id: int, uids: Sequence[int] | None = None) -> list[int]:
         """Remove the messages flagged \\Deleted (only among ``uids`` if given: UID EXPUNGE)."""
         async with self.db.writer.begin() as conn:
+            await self._lock_folder(conn, folder_id)
             query = select(messages.c.uid).where(
                 messages.c.folder_id == folder_id,
                 messages.c.flags.op("&")(int(Flag.DELETED)) != 0,
@@ -964,6 +958,19 @@ class Store:
             ),
             vanished=vanished,
         )
+
+    async def _lock_folder(self, conn: AsyncConnection, folder_id: int) -> None:
+        """Serialise writers of one folder: deliveries, flag changes, expunges and deletion all
+        lock the folder row first (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises), so
+        a read-then-write in one of them cannot interleave with another (RFC 7162 UNCHANGEDSINCE
+        needs exactly that)."""
+        found = (
+            await conn.execute(
+                select(folders.c.id).where(folders.c.id == folder_id).with_for_update()
+            )
+        ).scalar()
+        if found is None:
+            raise StoreError(f"folder {folder_id} does not exist")
 
     async def _notify(self, conn: AsyncConnection, folder_id: int, modseq: int) -> None:
         if self.db.is_postgresql:
@@ -1059,43 +1066,54 @@ class Store:
             ).all()
         return sorted((_queue_entry(r) for r in rows), key=lambda e: e.next_attempt_at)
 
-    async def complete_queue_entry(self, entry_id: int) -> None:
-        await self._finish_queue_entry(entry_id, status=QueueStatus.DONE)
+    async def complete_queue_entry(self, entry_id: int, worker: str) -> bool:
+        """Mark delivered. False when ``worker`` no longer holds the claim (its lease ran out
+        and another runner took the entry): that runner's outcome is the one that counts."""
+        return await self._finish_queue_entry(entry_id, worker, status=QueueStatus.DONE)
 
-    async def fail_queue_entry(self, entry_id: int, error: str) -> None:
-        """Give up on an entry (the caller sends the DSN)."""
-        await self._finish_queue_entry(entry_id, status=QueueStatus.FAILED, last_error=error)
+    async def fail_queue_entry(self, entry_id: int, worker: str, error: str) -> bool:
+        """Give up on an entry (the caller sends the DSN). False if the claim was lost."""
+        return await self._finish_queue_entry(
+            entry_id, worker, status=QueueStatus.FAILED, last_error=error
+        )
 
-    async def defer_queue_entry(self, entry_id: int, error: str, retry_at: datetime) -> None:
-        async with self.db.writer.begin() as conn:
-            await conn.execute(
-                update(outbound_queue)
-                .where(outbound_queue.c.id == entry_id)
-                .values(
-                    status=QueueStatus.QUEUED.value,
-                    attempts=outbound_queue.c.attempts + 1,
-                    next_attempt_at=retry_at,
-                    claimed_by=None,
-                    claimed_until=None,
-                    last_error=error,
-                )
-            )
+    async def defer_queue_entry(
+        self, entry_id: int, worker: str, error: str, retry_at: datetime
+    ) -> bool:
+        """Try again at ``retry_at``. False if the claim was lost."""
+        return await self._finish_queue_entry(
+            entry_id, worker, status=QueueStatus.QUEUED, last_error=error, retry_at=retry_at
+        )
 
     async def _finish_queue_entry(
-        self, entry_id: int, *, status: QueueStatus, last_error: str | None = None
-    ) -> None:
+        self,
+        entry_id: int,
+        worker: str,
+        *,
+        status: QueueStatus,
+        last_error: str | None = None,
+        retry_at: datetime | None = None,
+    ) -> bool:
+        values: dict[str, Any] = {
+            "status": status.value,
+            "attempts": outbound_queue.c.attempts + 1,
+            "claimed_by": None,
+            "claimed_until": None,
+            "last_error": last_error,
+        }
+        if retry_at is not None:
+            values["next_attempt_at"] = retry_at
         async with self.db.writer.begin() as conn:
-            await conn.execute(
+            done = await conn.execute(
                 update(outbound_queue)
-                .where(outbound_queue.c.id == entry_id)
-                .values(
-                    status=status.value,
-                    attempts=outbound_queue.c.attempts + 1,
-                    claimed_by=None,
-                    claimed_until=None,
-                    last_error=last_error,
+                .where(
+                    outbound_queue.c.id == entry_id,
+                    outbound_queue.c.status == QueueStatus.CLAIMED.value,
+                    outbound_queue.c.claimed_by == worker,
                 )
+                .values(**values)
             )
+        return bool(done.rowcount)
 
     async def list_queue(self, *, status: QueueStatus | None = None) -> list[QueueEntry]:
         query = select(outbound_queue).order_by(outbound_queue.c.id)

@@ -38,7 +38,7 @@ async def test_deferred_entry_waits_until_its_retry_time(store: Store, doctor: s
     entry = await store.enqueue(doctor, [Recipient("a@b.mssante.fr")], simple_message())
     await store.claim_queue_entries("r")
     await store.defer_queue_entry(
-        entry.id, "451 4.4.1 try later", datetime.now(UTC) + timedelta(hours=1)
+        entry.id, "r", "451 4.4.1 try later", datetime.now(UTC) + timedelta(hours=1)
     )
     assert await store.claim_queue_entries("r") == []
     [queued] = await store.list_queue(status=QueueStatus.QUEUED)
@@ -49,8 +49,8 @@ async def test_completed_and_failed_entries_leave_the_queue(store: Store, doctor
     a = await store.enqueue(doctor, [Recipient("a@b.mssante.fr")], simple_message(1))
     b = await store.enqueue(doctor, [Recipient("a@b.mssante.fr")], simple_message(2))
     await store.claim_queue_entries("r")
-    await store.complete_queue_entry(a.id)
-    await store.fail_queue_entry(b.id, "550 5.1.1 unknown user")
+    assert await store.complete_queue_entry(a.id, "r")
+    assert await store.fail_queue_entry(b.id, "r", "550 5.1.1 unknown user")
     assert await store.claim_queue_entries("r") == []
     assert [e.id for e in await store.list_queue(status=QueueStatus.DONE)] == [a.id]
     assert (await store.list_queue(status=QueueStatus.FAILED))[0].last_error.startswith("550")
@@ -67,3 +67,17 @@ async def test_audit_trail_is_append_only_and_tailed_in_order(store: Store, doct
     assert [r.result for r in mine] == ["ok", "refused"]
     assert mine[0].source == "192.0.2.1"
     assert mine[0].at.tzinfo is not None
+
+
+async def test_a_runner_whose_lease_expired_cannot_overwrite_the_new_claim(
+    store: Store, doctor: str
+) -> None:
+    entry = await store.enqueue(doctor, [Recipient("a@b.mssante.fr")], simple_message())
+    await store.claim_queue_entries("slow-runner", lease=timedelta(seconds=-1))
+    [again] = await store.claim_queue_entries("runner-2")
+    assert await store.complete_queue_entry(again.id, "runner-2")
+    # The slow runner comes back late: its outcome must not re-queue a delivered message.
+    assert not await store.defer_queue_entry(entry.id, "slow-runner", "451 late", datetime.now(UTC))
+    assert not await store.fail_queue_entry(entry.id, "slow-runner", "550 late")
+    [done] = await store.list_queue()
+    assert done.status is QueueStatus.DONE
