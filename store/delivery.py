@@ -36,7 +36,7 @@ COMMIT_TIMEOUT = 120.0
 
 
 class FolderVanished(StoreError):
-    """The folder was deleted between lookup and commit."""
+    """The folder was deleted or renamed between lookup and commit."""
 
     def __init__(self, folder_id: int) -> None:
         super().__init__(f"folder {folder_id} no longer exists")
@@ -46,6 +46,7 @@ class FolderVanished(StoreError):
 @dataclass(slots=True)
 class _Pending:
     folder_id: int
+    folder_name: str
     row: dict[str, Any]
     future: asyncio.Future[DeliveryResult]
 
@@ -64,11 +65,14 @@ class GroupCommitter:
         self.batches = 0  # for metrics and the benchmark: commits made
         self.committed = 0  # messages committed
 
-    async def submit(self, folder_id: int, row: dict[str, Any]) -> DeliveryResult:
+    async def submit(self, folder_id: int, folder_name: str, row: dict[str, Any]) -> DeliveryResult:
+        """Commit ``row`` into the folder ``folder_id``, provided it is still named
+        ``folder_name`` (callers may resolve names from a cache; another process may have
+        renamed the folder since: then FolderVanished, and the caller looks the name up again)."""
         if self._closing:
             raise StoreError("store is closing")
         future: asyncio.Future[DeliveryResult] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(folder_id, row, future))
+        self._pending.append(_Pending(folder_id, folder_name, row, future))
         self._wake.set()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="group-commit")
@@ -121,22 +125,22 @@ class GroupCommitter:
                         item.future.set_exception(single_exc)
 
     async def _commit(self, batch: list[_Pending]) -> None:
-        by_folder: dict[int, list[_Pending]] = defaultdict(list)
+        by_folder: dict[tuple[int, str], list[_Pending]] = defaultdict(list)
         for item in batch:
-            by_folder[item.folder_id].append(item)
+            by_folder[item.folder_id, item.folder_name].append(item)
         results: list[tuple[_Pending, DeliveryResult]] = []
         vanished: list[_Pending] = []
         notifications: list[tuple[int, int]] = []
         async with self._db.writer.begin() as conn:
             rows: list[dict[str, Any]] = []
             # Lock folders in id order: two processes committing overlapping batches cannot deadlock.
-            for folder_id in sorted(by_folder):
-                items = by_folder[folder_id]
+            for folder_id, folder_name in sorted(by_folder):
+                items = by_folder[folder_id, folder_name]
                 n = len(items)
                 allocated = (
                     await conn.execute(
                         update(folders)
-                        .where(folders.c.id == folder_id)
+                        .where(folders.c.id == folder_id, folders.c.name == folder_name)
                         .values(
                             uid_next=folders.c.uid_next + n,
                             highest_modseq=folders.c.highest_modseq + n,

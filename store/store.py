@@ -74,6 +74,7 @@ MAX_KEYWORD_LENGTH = 128
 MAX_FOLDER_NAME = 1024
 FOLDER_DELIMITER = "/"
 SQL_IN_CHUNK = 500
+FOLDER_CACHE_SIZE = 100_000
 
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _LOCAL_PART = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}$")
@@ -223,6 +224,7 @@ class Store:
         self._committer = GroupCommitter(db, feed)
         self._hasher = PasswordHasher()
         self._dummy_hash: str | None = None
+        self._folder_ids: dict[tuple[str, str], int] = {}
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -702,9 +704,8 @@ class Store:
         The octets are stored as received; metadata is computed once here.
         """
         keywords = _validate_keywords(keywords)
-        # Resolved for each delivery (no cache): another process may rename a folder and reuse
-        # its name at any moment.
-        folder_id = (await self.get_folder(bal, folder)).id
+        address, folder = normalise_address(bal), normalise_folder_name(folder)
+        folder_id = await self._folder_id(address, folder)
         if isinstance(message, str):
             digest = message
             with self.blobs.mapped(digest) as data:
@@ -737,9 +738,27 @@ class Store:
             "problems": list(meta.problems) or None,
         }
         try:
-            return await self._committer.submit(folder_id, row)
+            return await self._committer.submit(folder_id, folder, row)
         except FolderVanished:
-            raise FolderNotFound(bal, folder) from None
+            # Renamed or deleted since it was cached (maybe by another process): look again.
+            self._folder_ids.pop((address, folder), None)
+            folder_id = await self._folder_id(address, folder)
+            try:
+                return await self._committer.submit(folder_id, folder, row)
+            except FolderVanished:
+                raise FolderNotFound(address, folder) from None
+
+    async def _folder_id(self, address: str, folder: str) -> int:
+        """Folder ids by (BAL, name), cached: a delivery costs no lookup query. The commit checks
+        the name still matches, so a stale entry is detected, never used."""
+        key = (address, folder)
+        folder_id = self._folder_ids.get(key)
+        if folder_id is None:
+            folder_id = (await self.get_folder(address, folder)).id
+            if len(self._folder_ids) >= FOLDER_CACHE_SIZE:
+                self._folder_ids.clear()
+            self._folder_ids[key] = folder_id
+        return folder_id
 
     # -- reading ----------------------------------------------------------------------------------
 
