@@ -715,8 +715,12 @@ class Store:
         else:
             size = len(message)
             if size <= PARSE_INLINE_LIMIT:
-                meta = mime.parse_message(message)
-                digest, _ = await self.blobs.put(message)
+                # The blob's write and fsyncs run in a thread while we parse here.
+                stored = asyncio.ensure_future(self.blobs.put(message))
+                try:
+                    meta = mime.parse_message(message)
+                finally:
+                    digest, _ = await stored
             else:
                 (digest, _), meta = await asyncio.gather(
                     self.blobs.put(message), asyncio.to_thread(mime.parse_message, message)
