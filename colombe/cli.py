@@ -676,5 +676,50 @@ async def store_stats(store: Store, as_json: bool) -> None:
         emit_table(["what", "count"], sorted(counts.items()))
 
 
+# -- pki --------------------------------------------------------------------------------------
+
+
+@main.group("pki")
+def pki_group() -> None:
+    """Certificates: inspect, check, generate the IGC-Santé TEST hierarchy."""
+
+
+@pki_group.command("make-test-pki")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--crl-base-url", default="http://127.0.0.1:8787/crl", show_default=True)
+@click.option("--operator-fqdn", default="mx.colombe.test", show_default=True)
+def pki_make_test_pki(directory: str, crl_base_url: str, operator_fqdn: str) -> None:
+    """Write a test PKI mirroring IGC-Santé (TEST in every CA name) and the audit certificates."""
+    from pki.testpki import make_test_pki
+
+    pki = make_test_pki(directory, crl_base_url=crl_base_url, operator_fqdn=operator_fqdn)
+    click.echo(f"test PKI written to {pki.directory} (CRLs expected at {pki.crl_base_url}/)")
+    for name, issued in sorted(pki.certs.items()):
+        click.echo(f"  {name:16} {issued.cert.subject.rfc4514_string()}")
+
+
+@pki_group.command("show")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@json_option
+def pki_show(file: str, as_json: bool) -> None:
+    """What a certificate file holds (PEM, DER or .p7b), for a support ticket."""
+    from pki.errors import PkiError
+    from pki.show import describe
+
+    try:
+        described = describe(Path(file))
+    except PkiError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        emit_json(described)
+        return
+    for n, cert in enumerate(described):
+        if n:
+            click.echo("")
+        for key, value in cert.items():
+            shown = ", ".join(value) if isinstance(value, list) else value
+            click.echo(f"{key:18} {shown}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name=os.path.basename(sys.argv[0]))
