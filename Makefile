@@ -30,6 +30,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	scripts/test-services.sh
 	$(BIN)/python -m bench.store_deliver
+	$(BIN)/python -m bench.pki_bench
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -721,5 +721,58 @@ def pki_show(file: str, as_json: bool) -> None:
             click.echo(f"{key:18} {shown}")
 
 
+@pki_group.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--role", type=click.Choice(["server", "client", "smime"]), required=True)
+@click.option(
+    "--trust",
+    "trust_file",
+    type=click.Path(dir_okay=False, exists=True),
+    required=True,
+    help="PEM/DER/.p7b with the IGC-Santé roots (and intermediates) to trust.",
+)
+@click.option("--policy", "policies", multiple=True, help="Required certificate policy OID.")
+@json_option
+def pki_check(
+    file: str, role: str, trust_file: str, policies: tuple[str, ...], as_json: bool
+) -> None:
+    """Validate a certificate (chain, dates, usage, policies, CRL) for a role.
+
+    Exit code 0 when valid, 2 when refused; the reason is printed either way."""
+    from pki.crl import CrlCache
+    from pki.errors import PkiError
+    from pki.loading import load_certificate_file
+    from pki.verify import Role, TrustStore, Verifier
+
+    try:
+        certs = load_certificate_file(Path(file))
+        anchors = load_certificate_file(Path(trust_file))
+    except PkiError as exc:
+        raise click.ClickException(str(exc)) from None
+    roots = [c for c in anchors if c.issuer == c.subject]
+    intermediates = [c for c in anchors if c.issuer != c.subject]
+    verifier = Verifier(TrustStore(roots, intermediates), CrlCache(), required_policies=policies)
+    verdict = asyncio.run(verifier.verify(certs[0], certs[1:], role=Role(role)))
+    if as_json:
+        emit_json(
+            {
+                "ok": verdict.ok,
+                "reason": verdict.reason.value,
+                "detail": verdict.detail,
+                "subject": verdict.subject,
+                "chain": [c.subject.rfc4514_string() for c in verdict.chain],
+            }
+        )
+    else:
+        click.echo(
+            f"{'VALID' if verdict.ok else 'REFUSED'} ({verdict.reason.value}): {verdict.detail}"
+        )
+        click.echo(f"subject: {verdict.subject}")
+        for depth, cert in enumerate(verdict.chain):
+            click.echo(f"  {depth}: {cert.subject.rfc4514_string()}")
+    if not verdict.ok:
+        sys.exit(2)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name=os.path.basename(sys.argv[0]))
