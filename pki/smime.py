@@ -68,7 +68,6 @@ _DIGESTS: Final[dict[str, type[hashes.HashAlgorithm]]] = {
 
 _HEADER_END: Final = re.compile(rb"\r?\n\r?\n")
 _BARE_LF: Final = re.compile(rb"(?<!\r)\n")
-_BASE64_WHITESPACE: Final = re.compile(rb"[ \t\r\n]+")
 
 
 class SmimeError(PkiError):
@@ -133,7 +132,7 @@ def _headers(block: bytes) -> _Headers:
 
 def _decode_body(body: bytes, encoding: str) -> bytes:
     if encoding == "base64":
-        text = _BASE64_WHITESPACE.sub(b"", body)
+        text = body.translate(None, b" \t\r\n")  # far faster than a regex on large bodies
         try:
             return base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
