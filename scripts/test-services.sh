@@ -7,6 +7,12 @@ set -euo pipefail
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
   echo "need root (or sudo) to run: $*" >&2; exit 1; fi; }
 
+# Debian's openssl: the S/MIME interoperability tests run the real command line tool.
+if ! command -v openssl >/dev/null; then
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl
+fi
+
 if [ -n "${COLOMBE_TEST_POSTGRES:-}" ]; then
   exit 0  # the operator of this run chose a server
 fi
