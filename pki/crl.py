@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,13 +16,21 @@ from datetime import UTC, datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from pki.errors import PkiError, PkiInputError
+from pki.errors import PkiError
 from pki.loading import load_crl
 
 log = logging.getLogger(__name__)
 
 MAX_CRL_BYTES = 50 * 1024 * 1024
-FETCH_TIMEOUT = 10.0
+FETCH_TIMEOUT = 10.0  # per socket operation
+FETCH_DEADLINE = 30.0  # for the whole download
+CLOCK_SKEW = timedelta(minutes=5)
+# CRL extensions we understand; any other one marked critical makes the CRL unusable (RFC 5280 §5.2).
+_KNOWN_CRL_EXTENSIONS = {
+    x509.CRLNumber.oid,
+    x509.AuthorityKeyIdentifier.oid,
+    x509.IssuingDistributionPoint.oid,
+}
 
 Fetch = Callable[[str], Awaitable[bytes]]
 
@@ -36,19 +45,40 @@ class CrlError(PkiError):
     pass
 
 
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only to http(s): a CRL URL must not lead urllib to ftp:// or elsewhere."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        if not newurl.lower().startswith(("http://", "https://")):
+            raise CrlError(f"CRL redirect to a non-HTTP URL refused: {newurl[:100]!r}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
+
+
 async def http_fetch(url: str) -> bytes:
-    """GET a CRL over HTTP(S) (IGC-Santé publishes them over plain HTTP: they are signed)."""
-    if not url.startswith(("http://", "https://")):
-        raise CrlError(f"unsupported CRL distribution point {url!r}")
+    """GET a CRL over HTTP(S) (IGC-Santé publishes them over plain HTTP: they are signed),
+    bounded in size and in total time (a server dripping octets cannot hold us)."""
+    if not url.lower().startswith(("http://", "https://")):
+        raise CrlError(f"unsupported CRL distribution point {url[:100]!r}")
+    deadline = time.monotonic() + FETCH_DEADLINE
 
     def get() -> bytes:
-        with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT) as response:
-            data: bytes = response.read(MAX_CRL_BYTES + 1)
-        if len(data) > MAX_CRL_BYTES:
-            raise CrlError(f"CRL at {url} is larger than {MAX_CRL_BYTES} octets")
-        return data
+        chunks: list[bytes] = []
+        size = 0
+        with _OPENER.open(url, timeout=FETCH_TIMEOUT) as response:
+            # read1: return what has arrived, so the deadline is checked even on a slow drip.
+            while chunk := response.read1(64 * 1024):
+                size += len(chunk)
+                if size > MAX_CRL_BYTES:
+                    raise CrlError(f"CRL at {url} is larger than {MAX_CRL_BYTES} octets")
+                if time.monotonic() > deadline:
+                    raise CrlError(f"CRL download from {url} took longer than {FETCH_DEADLINE}s")
+                chunks.append(chunk)
+        return b"".join(chunks)
 
-    return await asyncio.to_thread(get)
+    return await asyncio.wait_for(asyncio.to_thread(get), FETCH_DEADLINE + 1)
 
 
 def _issuer_key(issuer: x509.Certificate) -> bytes:
@@ -111,20 +141,24 @@ class CrlCache:
         *,
         now: datetime | None = None,
     ) -> None:
-        """Install a CRL (loaded from a file, or fetched). Refused if ``issuer`` did not sign it."""
+        """Install a CRL (loaded from a file, or fetched). Refused unless ``issuer`` signed it and
+        it is a complete CRL for all the issuer's certificates (RFC 5280 §5.2: no delta CRL, no
+        partition, no unknown critical extension) not dated in the future."""
+        now = now or datetime.now(UTC)
         if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
             raise CrlError(f"CRL is not signed by {issuer.subject.rfc4514_string()}")
+        _check_scope(crl, url)
+        if crl.last_update_utc > now + CLOCK_SKEW:
+            raise CrlError(f"CRL is dated in the future ({crl.last_update_utc:%Y-%m-%d %H:%M} UTC)")
         key = _issuer_key(issuer)
         current = self._entries.get(key)
-        if current is not None and crl.last_update_utc < current.crl.last_update_utc:
+        if current is not None and _is_older(crl, current.crl):
             log.warning(
                 "ignoring a CRL older than the cached one for %s", issuer.subject.rfc4514_string()
             )
             return
         revoked = frozenset(r.serial_number for r in crl)
-        self._entries[key] = _Entry(
-            crl, revoked, url or (current.url if current else None), now or datetime.now(UTC)
-        )
+        self._entries[key] = _Entry(crl, revoked, url or (current.url if current else None), now)
 
     def cached(self, issuer: x509.Certificate) -> x509.CertificateRevocationList | None:
         entry = self._entries.get(_issuer_key(issuer))
@@ -138,7 +172,11 @@ class CrlCache:
         key = _issuer_key(issuer)
         entry = self._entries.get(key)
         if entry is None or entry.due(now, self._margin, self._max_age):
-            await self._refresh(key, cert, issuer, now)
+            lock = self._locks.get(key)
+            still_valid = entry is not None and now <= (entry.crl.next_update_utc or now)
+            # While another task refreshes, a still-valid cached CRL answers: no queueing.
+            if not (still_valid and lock is not None and lock.locked()):
+                await self._refresh(key, cert, issuer, now)
             entry = self._entries.get(key)
         if entry is None:
             return RevocationStatus.UNKNOWN, "no CRL could be obtained for the issuer"
@@ -171,5 +209,46 @@ class CrlCache:
                     crl = load_crl(await self._fetch(url), url)
                     self.add(crl, issuer, url, now=now)
                     return
-                except (OSError, PkiError, PkiInputError, TimeoutError) as exc:
-                    log.warning("CRL refresh from %s failed: %s", url, exc)
+                except Exception as exc:  # any failure: keep the last good CRL, try the next URL
+                    log.warning("CRL refresh from %s failed: %s: %s", url, type(exc).__name__, exc)
+
+
+def _is_older(new: x509.CertificateRevocationList, current: x509.CertificateRevocationList) -> bool:
+    """RFC 5280 §5.2.3: CRL numbers order CRLs; fall back to thisUpdate when one lacks it."""
+    try:
+        new_number = new.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        old_number = current.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        return new_number < old_number
+    except x509.ExtensionNotFound:
+        return new.last_update_utc < current.last_update_utc
+
+
+def _check_scope(crl: x509.CertificateRevocationList, url: str | None) -> None:
+    for ext in crl.extensions:
+        if isinstance(ext.value, x509.DeltaCRLIndicator):
+            raise CrlError("delta CRLs are not supported: a complete CRL is required")
+        if ext.critical and ext.oid not in _KNOWN_CRL_EXTENSIONS:
+            raise CrlError(f"CRL has an unsupported critical extension {ext.oid.dotted_string}")
+        if isinstance(ext.value, x509.IssuingDistributionPoint):
+            idp = ext.value
+            if (
+                idp.only_contains_ca_certs
+                or idp.only_contains_user_certs
+                or idp.only_contains_attribute_certs
+                or idp.only_some_reasons
+                or idp.indirect_crl
+            ):
+                raise CrlError("partial CRL (issuing distribution point limits its scope)")
+            names = [
+                n.value
+                for n in idp.full_name or []
+                if isinstance(n, x509.UniformResourceIdentifier)
+            ]
+            if url is not None and names and url not in names:
+                raise CrlError(f"CRL is for {names[0]}, not for {url}")
+    for revoked in crl:
+        for ext in revoked.extensions:
+            if ext.critical:
+                raise CrlError(
+                    f"CRL entry has an unsupported critical extension {ext.oid.dotted_string}"
+                )

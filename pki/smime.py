@@ -280,7 +280,15 @@ async def verify(
         return SignatureCheck(False, refused.reason, refused.detail)
     except Exception as exc:  # asn1crypto parses lazily: any failure deep in the DER lands here
         return SignatureCheck(False, MALFORMED, f"unreadable CMS structure ({type(exc).__name__})")
-    verdict = await verifier.verify(checked.signer, checked.others, role=Role.SMIME, at=at)
+    try:
+        verdict = await verifier.verify(checked.signer, checked.others, role=Role.SMIME, at=at)
+    except Exception as exc:  # fail closed, whatever went wrong while validating the signer
+        return SignatureCheck(
+            False,
+            "verification-error",
+            f"signer not validated ({type(exc).__name__})",
+            checked.signer,
+        )
     return SignatureCheck(
         verdict.ok,
         verdict.reason.value,

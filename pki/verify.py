@@ -16,11 +16,25 @@ from datetime import UTC, datetime
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from pki.crl import CrlCache, RevocationStatus
 
 MAX_CHAIN_LENGTH = 8
+MIN_RSA_BITS = 2048
+# Extensions whose meaning validation applies (or that carry no constraint on it).
+_HANDLED_EXTENSIONS = {
+    x509.BasicConstraints.oid,
+    x509.KeyUsage.oid,
+    x509.ExtendedKeyUsage.oid,
+    x509.CertificatePolicies.oid,
+    x509.SubjectAlternativeName.oid,
+    x509.SubjectKeyIdentifier.oid,
+    x509.AuthorityKeyIdentifier.oid,
+    x509.CRLDistributionPoints.oid,
+    x509.AuthorityInformationAccess.oid,
+}
 
 
 class Role(enum.StrEnum):
@@ -41,6 +55,8 @@ class Reason(enum.StrEnum):
     REVOKED = "revoked"
     REVOCATION_UNKNOWN = "revocation-unknown"  # no valid CRL: fail closed
     CHAIN_TOO_LONG = "chain-too-long"
+    UNSUPPORTED_EXTENSION = "unsupported-critical-extension"
+    WEAK_KEY = "weak-key"  # RSA under 2048 bits, SHA-1/MD5 signatures
     DN_NOT_LISTED = "dn-not-listed"  # valid, but not a DN the whitelist gives for the domain
     CN_DIFFERS = "cn-differs"  # listed DN but for its CN (the ANS "CN différent du DN" case)
 
@@ -94,7 +110,8 @@ class TrustStore:
     def candidates(
         self, issuer_name: x509.Name, extra: Sequence[x509.Certificate]
     ) -> list[x509.Certificate]:
-        return [c for c in (*extra, *self.intermediates, *self.roots) if c.subject == issuer_name]
+        # Ours first: a peer presenting a stale copy of a renewed intermediate must not shadow it.
+        return [c for c in (*self.intermediates, *self.roots, *extra) if c.subject == issuer_name]
 
 
 class Verifier:
@@ -141,6 +158,9 @@ class Verifier:
                     f"{what} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
                     chain,
                 )
+            problem = self._check_extensions_and_key(cert, what, is_root=depth == len(chain) - 1)
+            if problem is not None:
+                return verdict(*problem, chain=chain)
             if depth > 0:
                 problem = self._check_ca(cert, depth - 1)
                 if problem is not None:
@@ -211,6 +231,30 @@ class Verifier:
             chain.append(issuer)
             current = issuer
         return chain, None
+
+    @staticmethod
+    def _check_extensions_and_key(
+        cert: x509.Certificate, what: str, *, is_root: bool
+    ) -> tuple[Reason, str] | None:
+        for ext in cert.extensions:
+            if isinstance(ext.value, x509.NameConstraints):
+                # IGC-Santé uses none; rather refuse than half-enforce them.
+                return Reason.UNSUPPORTED_EXTENSION, f"{what} carries name constraints"
+            # RFC 5280 §4.2: a critical extension we do not process makes the certificate unusable.
+            if ext.critical and ext.oid not in _HANDLED_EXTENSIONS:
+                return (
+                    Reason.UNSUPPORTED_EXTENSION,
+                    f"{what} has an unsupported critical extension {ext.oid.dotted_string}",
+                )
+        key = cert.public_key()
+        if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+            return Reason.WEAK_KEY, f"{what} has an RSA key of {key.key_size} bits"
+        if not is_root:  # a root's self-signature is not what makes it trusted
+            algorithm = cert.signature_hash_algorithm
+            if algorithm is None or algorithm.name in ("sha1", "md5"):
+                name = algorithm.name if algorithm else "unknown"
+                return Reason.WEAK_KEY, f"{what} is signed with {name}"
+        return None
 
     @staticmethod
     def _check_ca(cert: x509.Certificate, below: int) -> tuple[Reason, str] | None:
