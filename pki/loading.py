@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from pki.errors import PkiInputError
+from pki.errors import PkiError, PkiInputError
 
 MAX_INPUT_BYTES: Final = 16 * 1024 * 1024
 """Largest certificate or key input accepted (a whole trust store is a few hundred kB)."""
@@ -65,16 +65,20 @@ class _PemBlock:
     body: bytes  # what lies between the boundaries
 
 
-def _check_input(data: bytes, source: str, limit: int) -> bytes:
+def check_input(
+    data: bytes, source: str, limit: int, *, error: type[PkiError] = PkiInputError
+) -> bytes:
+    """``data`` as bytes, refused with ``error`` naming ``source`` when it is not bytes, larger
+    than ``limit`` or blank (every pki entry point bounds its input this way)."""
     if not isinstance(data, bytes | bytearray | memoryview):
-        raise PkiInputError(f"{source}: expected bytes, got {type(data).__name__}")
+        raise error(f"{source}: expected bytes, got {type(data).__name__}")
     data = bytes(data)
     if len(data) > limit:
-        raise PkiInputError(
+        raise error(
             f"{source}: {len(data)} bytes, more than the {limit // (1024 * 1024)} MiB accepted"
         )
     if not data.strip():
-        raise PkiInputError(f"{source}: empty input")
+        raise error(f"{source}: empty input")
     return data
 
 
@@ -175,7 +179,7 @@ def load_certificates(data: bytes, source: str = "<data>") -> list[x509.Certific
     or DER PKCS#7 bundle. Raises :class:`PkiInputError` (naming ``source``) when nothing can be
     loaded or any certificate block is damaged: a partly readable bundle is refused.
     """
-    data = _check_input(data, source, MAX_INPUT_BYTES)
+    data = check_input(data, source, MAX_INPUT_BYTES)
     blocks = _pem_blocks(data, source)
     if blocks:
         certificates: list[x509.Certificate] = []
@@ -219,7 +223,7 @@ def _read(path: str | os.PathLike[str], source: str, limit: int) -> bytes:
 def load_crl(data: bytes, source: str = "<data>") -> x509.CertificateRevocationList:
     """The CRL in ``data``: one PEM ``X509 CRL`` block (text around it is skipped) or DER
     (RFC 5280 §5). Raises :class:`PkiInputError` naming ``source``."""
-    data = _check_input(data, source, MAX_CRL_BYTES)
+    data = check_input(data, source, MAX_CRL_BYTES)
     blocks = _pem_blocks(data, source)
     where = source
     if blocks:
@@ -247,7 +251,7 @@ def load_private_key(data: bytes, source: str, password: bytes | None = None) ->
     (PKCS#8 or traditional). Raises :class:`PkiInputError` naming ``source``; the message never
     contains the password.
     """
-    data = _check_input(data, source, MAX_INPUT_BYTES)
+    data = check_input(data, source, MAX_INPUT_BYTES)
     blocks = _pem_blocks(data, source)
     if blocks:
         keys = [block for block in blocks if block.label in _KEY_LABELS]

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from pki.errors import PkiError
+from pki.loading import check_input
 from pki.verify import Role, Verifier
 
 MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
@@ -191,16 +192,7 @@ def _new_boundary(content: bytes) -> str:
 
 
 def _check_size(data: bytes, what: str) -> bytes:
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise SmimeError(f"{what}: expected bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise SmimeError(
-            f"{what}: {len(data)} bytes, more than the {MAX_MESSAGE_BYTES // 2**20} MiB accepted"
-        )
-    if not data.strip():
-        raise SmimeError(f"{what}: empty message")
-    return data
+    return check_input(data, what, MAX_MESSAGE_BYTES, error=SmimeError)
 
 
 def _check_entity(message: bytes) -> bytes:
