@@ -14,6 +14,7 @@ import base64
 import binascii
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final
 
@@ -101,6 +102,24 @@ def _pem_blocks(data: bytes, source: str) -> list[_PemBlock]:
         blocks.append(_PemBlock(number, label, data[begin.start() : end.end()], body))
         pos = end.end()
     return blocks
+
+
+def _single_block(
+    blocks: list[_PemBlock],
+    labels: Collection[bytes],
+    what: str,
+    source: str,
+    *,
+    plural: str | None = None,
+) -> _PemBlock:
+    """The one PEM block with one of ``labels``; other kinds of block are skipped."""
+    found = [block for block in blocks if block.label in labels]
+    if not found:
+        seen = ", ".join(sorted({block.label.decode() for block in blocks}))
+        raise PkiInputError(f"{source}: no {what} PEM block (found {seen})")
+    if len(found) > 1:
+        raise PkiInputError(f"{source}: {len(found)} {plural or what} PEM blocks, expected one")
+    return found[0]
 
 
 def _pem_der(block: _PemBlock, source: str) -> bytes:
@@ -227,14 +246,9 @@ def load_crl(data: bytes, source: str = "<data>") -> x509.CertificateRevocationL
     blocks = _pem_blocks(data, source)
     where = source
     if blocks:
-        crls = [block for block in blocks if block.label in _CRL_LABELS]
-        if not crls:
-            labels = ", ".join(sorted({block.label.decode() for block in blocks}))
-            raise PkiInputError(f"{source}: no X509 CRL PEM block (found {labels})")
-        if len(crls) > 1:
-            raise PkiInputError(f"{source}: {len(crls)} X509 CRL PEM blocks, expected one")
-        der = _pem_der(crls[0], source)
-        where = f"{source}: PEM block {crls[0].number}"
+        crl_block = _single_block(blocks, _CRL_LABELS, "X509 CRL", source)
+        der = _pem_der(crl_block, source)
+        where = f"{source}: PEM block {crl_block.number}"
     elif data[0] != 0x30:
         raise PkiInputError(f"{source}: neither PEM nor DER (no PEM block, no DER SEQUENCE)")
     else:
@@ -254,13 +268,7 @@ def load_private_key(data: bytes, source: str, password: bytes | None = None) ->
     data = check_input(data, source, MAX_INPUT_BYTES)
     blocks = _pem_blocks(data, source)
     if blocks:
-        keys = [block for block in blocks if block.label in _KEY_LABELS]
-        if not keys:
-            labels = ", ".join(sorted({block.label.decode() for block in blocks}))
-            raise PkiInputError(f"{source}: no PRIVATE KEY PEM block (found {labels})")
-        if len(keys) > 1:
-            raise PkiInputError(f"{source}: {len(keys)} private key PEM blocks, expected one")
-        block = keys[0]
+        block = _single_block(blocks, _KEY_LABELS, "PRIVATE KEY", source, plural="private key")
         where = f"{source}: PEM block {block.number}"
         # Check the base64 ourselves for a precise message; legacy encrypted PEM has RFC 1421
         # headers before it, which cryptography reads from the block text.

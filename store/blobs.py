@@ -61,9 +61,6 @@ class BlobStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._put_sync, data)
 
-    def put_sync(self, data: bytes | bytearray | memoryview) -> tuple[str, int]:
-        return self._put_sync(data)
-
     def _put_sync(self, data: bytes | bytearray | memoryview) -> tuple[str, int]:
         digest = hashlib.sha256(data).hexdigest()
         final = self.path(digest)

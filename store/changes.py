@@ -16,10 +16,21 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
 
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "colombe_changes"
 ALL_FOLDERS = -1  # published after a reconnect: every watcher must re-check
+
+
+async def notify_other_processes(conn: AsyncConnection, folder_id: int, modseq: int) -> None:
+    """NOTIFY inside the writing transaction (PostgreSQL delivers it at commit, never before)."""
+    await conn.execute(
+        text("SELECT pg_notify(:channel, :payload)"),
+        {"channel": CHANNEL, "payload": f"{folder_id}:{modseq}"},
+    )
 
 
 class FolderWatch:

@@ -18,10 +18,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, text, update
+from sqlalchemy import insert, update
 from sqlalchemy.exc import DataError, IntegrityError
 
-from store.changes import CHANNEL, ChangeFeed
+from store.changes import ChangeFeed, notify_other_processes
 from store.database import Database
 from store.errors import StoreError
 from store.model import DeliveryResult
@@ -174,10 +174,7 @@ class GroupCommitter:
                 await conn.execute(insert(messages), rows)
             if self._db.is_postgresql:
                 for folder_id, modseq in notifications:
-                    await conn.execute(
-                        text("SELECT pg_notify(:channel, :payload)"),
-                        {"channel": CHANNEL, "payload": f"{folder_id}:{modseq}"},
-                    )
+                    await notify_other_processes(conn, folder_id, modseq)
         self.batches += 1
         self.committed += len(results)
         for item, result in results:

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store import mime
 from store.blobs import BlobStore
-from store.changes import CHANNEL, ChangeFeed, PostgresChangeFeed
+from store.changes import ChangeFeed, PostgresChangeFeed, notify_other_processes
 from store.database import Database, migrate
 from store.delivery import FolderVanished, GroupCommitter
 from store.errors import (
@@ -997,10 +997,7 @@ class Store:
 
     async def _notify(self, conn: AsyncConnection, folder_id: int, modseq: int) -> None:
         if self.db.is_postgresql:
-            await conn.execute(
-                text("SELECT pg_notify(:channel, :payload)"),
-                {"channel": CHANNEL, "payload": f"{folder_id}:{modseq}"},
-            )
+            await notify_other_processes(conn, folder_id, modseq)
 
     # -- outbound queue ---------------------------------------------------------------------------
 
