@@ -6,102 +6,31 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import pwd
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, is_dataclass
-from datetime import datetime
-from enum import Enum
-from functools import wraps
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import click
 
+from colombe import addressbook, publication, whitelist  # noqa: F401 (publication adds commands)
+from colombe.clikit import (
+    Context,
+    actor,
+    emit_json,
+    emit_table,
+    json_option,
+    jsonable,
+    read_password,
+    run_async,
+    with_store,
+)
 from colombe.config import (
-    SEARCH_PATH,
-    Config,
     ConfigError,
-    find_config,
     load_config,
     render_config,
 )
 from colombe.logs import configure_logging
 from store import BalStatus, BalType, Placement, Store, StoreError
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-def _actor() -> str:
-    """The operator's login for the audit trail: the real uid (environment variables such as
-    LOGNAME are set by the caller and prove nothing), plus the sudo caller when there is one."""
-    try:
-        user = pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        user = str(os.getuid())
-    sudo_user = os.environ.get("SUDO_USER")
-    return f"cli:{sudo_user}(sudo {user})" if sudo_user and sudo_user != user else f"cli:{user}"
-
-
-# -- output -----------------------------------------------------------------------------------
-
-
-def _jsonable(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return {k: _jsonable(v) for k, v in asdict(value).items()}
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def emit_json(value: Any) -> None:
-    click.echo(json.dumps(_jsonable(value), ensure_ascii=False, indent=2))
-
-
-def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    for n, row in enumerate(cells):
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        if n == 0:
-            click.echo("  ".join("-" * w for w in widths))
-
-
-# -- plumbing ---------------------------------------------------------------------------------
-
-
-class Context:
-    def __init__(self, config_path: str | None) -> None:
-        self._explicit = config_path
-        self._config: Config | None = None
-
-    @property
-    def config(self) -> Config:
-        if self._config is None:
-            path = find_config(self._explicit)
-            if path is None:
-                looked = ", ".join(str(p) for p in SEARCH_PATH)
-                raise click.ClickException(
-                    f"no configuration found (looked for {looked}); run `colombe init` "
-                    "or `colombe demo`, or pass --config / set COLOMBE_CONFIG"
-                )
-            self._config = load_config(path)
-            configure_logging(self._config.log.level, self._config.log.format)
-        return self._config
-
-    async def open_store(self) -> Store:
-        from colombe.serve import open_store
-
-        return await open_store(self.config)
 
 
 class ColombeGroup(click.Group):
@@ -115,49 +44,6 @@ class ColombeGroup(click.Group):
             return super().invoke(ctx)
         except (StoreError, ConfigError, StartError, UnknownComponent) as exc:
             raise click.ClickException(str(exc)) from None
-
-
-def run_async(fn: Callable[P, Awaitable[T]]) -> Callable[P, T]:
-    """Run an async command to completion."""
-
-    @wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        return asyncio.run(fn(*args, **kwargs))  # type: ignore[arg-type]
-
-    return wrapper
-
-
-def with_store(
-    fn: Callable[..., Awaitable[T]],
-) -> Callable[..., T]:
-    """Give the command an open store as first argument and close it afterwards."""
-
-    @click.pass_obj
-    @wraps(fn)
-    def wrapper(ctx: Context, *args: Any, **kwargs: Any) -> T:
-        async def go() -> T:
-            store = await ctx.open_store()
-            try:
-                return await fn(store, *args, **kwargs)
-            finally:
-                await store.close()
-
-        return run_async(go)()
-
-    return wrapper
-
-
-def read_password(from_stdin: bool) -> str:
-    if from_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("Mot de passe", hide_input=True, confirmation_prompt=True)
-    if not password:
-        raise click.ClickException("empty password")
-    return password
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -219,9 +105,7 @@ def init(
 
         store = await open_store(load_config(draft))
         try:
-            await store.audit(
-                "store.init", actor=_actor(), detail={"config": str(target.resolve())}
-            )
+            await store.audit("store.init", actor=actor(), detail={"config": str(target.resolve())})
         finally:
             await store.close()
 
@@ -311,7 +195,7 @@ def domain() -> None:
 @with_store
 async def domain_add(store: Store, name: str) -> None:
     d = await store.add_domain(name)
-    await store.audit("domain.add", actor=_actor(), detail={"domain": d.name})
+    await store.audit("domain.add", actor=actor(), detail={"domain": d.name})
     click.echo(f"domain {d.name} added")
 
 
@@ -379,7 +263,7 @@ async def bal_add(
         placement=Placement(placement),
         password=password,
     )
-    await store.audit("bal.create", actor=_actor(), bal=b.address, detail={"type": b.type.value})
+    await store.audit("bal.create", actor=actor(), bal=b.address, detail={"type": b.type.value})
     click.echo(f"BAL {b.address} created ({b.type.value})")
 
 
@@ -472,7 +356,7 @@ def _rights(read: bool, write: bool, send: bool) -> str:
 
 async def _set_status(store: Store, address: str, status: BalStatus) -> None:
     b = await store.set_bal_status(address, status)
-    await store.audit(f"bal.{status.value}", actor=_actor(), bal=b.address)
+    await store.audit(f"bal.{status.value}", actor=actor(), bal=b.address)
     click.echo(f"BAL {b.address} is now {b.status.value}")
 
 
@@ -507,7 +391,7 @@ async def bal_close(store: Store, address: str) -> None:
 async def bal_passwd(store: Store, address: str, password_stdin: bool) -> None:
     b = await store.get_bal(address)
     await store.set_password(b.address, read_password(password_stdin))
-    await store.audit("bal.passwd", actor=_actor(), bal=b.address)
+    await store.audit("bal.passwd", actor=actor(), bal=b.address)
     click.echo(f"password of {b.address} changed")
 
 
@@ -535,7 +419,7 @@ async def delegate_add(
     rights = _rights(d.can_read, d.can_write, d.can_send)
     await store.audit(
         "delegation.add",
-        actor=_actor(),
+        actor=actor(),
         bal=d.bal,
         detail={"delegate": d.delegate, "rights": rights},
     )
@@ -569,7 +453,7 @@ async def delegate_remove(store: Store, bal_address: str, delegate_address: str)
         raise click.ClickException(f"{delegate_address} has no delegation on {bal_address}")
     await store.audit(
         "delegation.remove",
-        actor=_actor(),
+        actor=actor(),
         bal=bal_address.lower(),
         detail={"delegate": delegate_address.lower()},
     )
@@ -598,7 +482,7 @@ async def audit_tail(
     def show(batch: list[Any]) -> None:
         for r in batch:
             if as_json:
-                click.echo(json.dumps(_jsonable(r), ensure_ascii=False))
+                click.echo(json.dumps(jsonable(r), ensure_ascii=False))
             else:
                 detail = json.dumps(r.detail, ensure_ascii=False) if r.detail else ""
                 click.echo(
@@ -661,7 +545,7 @@ async def store_gc(store: Store, grace_hours: float) -> None:
     from datetime import timedelta
 
     removed, freed = await store.collect_garbage(grace=timedelta(hours=grace_hours))
-    await store.audit("store.gc", actor=_actor(), detail={"removed": removed, "bytes": freed})
+    await store.audit("store.gc", actor=actor(), detail={"removed": removed, "bytes": freed})
     click.echo(f"removed {removed} unreferenced blob(s), {freed / 1e6:.1f} MB freed")
 
 
@@ -773,6 +657,10 @@ def pki_check(
     if not verdict.ok:
         sys.exit(2)
 
+
+# Areas with their own module (their commands and their `serve` component).
+main.add_command(whitelist.whitelist)
+main.add_command(addressbook.directory)
 
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name=os.path.basename(sys.argv[0]))

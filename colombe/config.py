@@ -45,6 +45,56 @@ class AdminSection:
 
 
 @dataclass(frozen=True, slots=True)
+class WhitelistSection:
+    # The ANS whitelist (mssante-spec §2.3); https://, http:// or file://. Empty: never fetched.
+    url: str = "https://espacedeconfiance.mssante.fr/listeblanchemssante.xml"
+    # PEM or PKCS#7 bundle the HTTPS server is checked against (the IGC-Santé chain).
+    # Empty: the system's trust store.
+    ca_file: str = ""
+    refresh_interval: int = 3600
+    max_age: int = 86400
+    min_entries: int = 1000
+    timeout: int = 60
+
+
+@dataclass(frozen=True, slots=True)
+class DirectorySection:
+    # The ANS open-data extraction of every MSSanté BAL (mssante-spec §5.4): a .zip or a .txt,
+    # https://, http:// or file://. Empty: no automatic import.
+    extraction_url: str = (
+        "https://www.data.gouv.fr/api/1/datasets/r/afe01105-d9a1-41fe-921f-e40ea48b2ba6"
+    )
+    extraction_ca_file: str = ""
+    # Seconds between automatic imports; 0 disables them (`colombe directory import-extraction`).
+    import_interval: int = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class PublicationSection:
+    # The national directory's LDAP server: ldaps://host:636, or ldap://host:389 with starttls.
+    # Empty: BALs are not published.
+    url: str = ""
+    starttls: bool = False
+    base_dn: str = ""
+    bind_dn: str = ""
+    # The bind password, read from this file (keep secrets out of colombe.toml); or
+    # COLOMBE_PUBLICATION_BIND_PASSWORD.
+    bind_password_file: str = ""
+    bind_password: str = ""
+    ca_file: str = ""
+    # Client certificate and key (PEM) for servers that require mutual TLS.
+    cert_file: str = ""
+    key_file: str = ""
+    timeout: int = 30
+    # Seconds between looks for changed BALs (changes made in this process are seen at once).
+    poll_interval: int = 5
+    # Seconds between full reconciliations of the directory with the store.
+    full_interval: int = 86400
+    retry_min: int = 30
+    retry_max: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
 class LogSection:
     level: str = "info"
     format: str = "text"
@@ -55,6 +105,9 @@ class Config:
     store: StoreSection = field(default_factory=StoreSection)
     server: ServerSection = field(default_factory=ServerSection)
     admin: AdminSection = field(default_factory=AdminSection)
+    whitelist: WhitelistSection = field(default_factory=WhitelistSection)
+    directory: DirectorySection = field(default_factory=DirectorySection)
+    publication: PublicationSection = field(default_factory=PublicationSection)
     log: LogSection = field(default_factory=LogSection)
     # Where the file was read from; relative paths in it are relative to its directory.
     path: Path | None = None

@@ -334,6 +334,8 @@ def make_test_pki(
 
     # Our own operator certificate (presented by our MX and as client certificate outbound).
     serv("operator", operator_fqdn)
+    # A server on this machine (the whitelist's HTTPS server, the LDAP directory in the tests).
+    serv("localhost", "localhost")
     # Peers, one per audit case of the ANS tool (mssante-spec §2.2).
     serv("peer-valid", "cert-valide-audit.peer.test")
     serv(

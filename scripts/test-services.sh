@@ -13,6 +13,14 @@ if ! command -v openssl >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl
 fi
 
+# Debian's OpenLDAP server: the directory publication tests start their own slapd on 127.0.0.1.
+# The package's own instance is not wanted (it would listen on every interface): stop it.
+if [ ! -x /usr/sbin/slapd ]; then
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q slapd ldap-utils
+  as_root systemctl disable --now slapd >/dev/null 2>&1 || as_root service slapd stop >/dev/null 2>&1 || true
+fi
+
 if [ -n "${COLOMBE_TEST_POSTGRES:-}" ]; then
   exit 0  # the operator of this run chose a server
 fi

@@ -109,6 +109,18 @@ class Bal:
     placement: Placement
     created_at: datetime
     updated_at: datetime
+    service: str | None = None
+    rank: int = 1
+    city: str | None = None
+    postal_code: str | None = None
+    departement: str | None = None
+    # Incremented by every change of the BAL (the directory publisher publishes revisions).
+    revision: int = 1
+
+    @property
+    def publishable(self) -> bool:
+        """Whether the national directory should list this BAL: active and not on liste rouge."""
+        return self.status is BalStatus.ACTIVE and not self.liste_rouge
 
     @property
     def domain(self) -> str:
@@ -232,3 +244,13 @@ class AuditRecord:
     source: str | None
     result: str
     detail: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A named document kept in the store (e.g. the last good whitelist) with its metadata."""
+
+    name: str
+    content: bytes | None
+    meta: dict[str, Any]
+    updated_at: datetime

@@ -85,6 +85,17 @@ bals = Table(
     Column("liste_rouge", Boolean, nullable=False),
     Column("status", String(16), nullable=False),
     Column("placement", String(2), nullable=False),
+    # Directory attributes (mssante-spec §5.1): the service a BAL belongs to (ORG/APP), its rank
+    # among the BALs of one holder (1 = preferred), and where it is, for search.
+    Column("service", Text),
+    Column("rank", Integer, nullable=False, server_default="1"),
+    Column("city", String(128)),
+    Column("postal_code", String(16)),
+    Column("departement", String(3)),
+    # store.text.search_key of display name, description and service: accent- and case-free.
+    Column("name_key", Text, nullable=False, server_default=""),
+    # Incremented by every change; the directory publisher publishes revisions, not rows.
+    Column("revision", BigInteger, nullable=False, server_default="1"),
     # The highest UIDVALIDITY given to any folder of this BAL, deleted ones included.
     Column("last_uidvalidity", BigInteger, nullable=False, server_default="0"),
     Column("created_at", UTCDateTime, nullable=False),
@@ -203,6 +214,103 @@ audit = Table(
     Index(None, "bal", "at"),
 )
 
+# Prefix searches compare octets: PostgreSQL must not apply a linguistic collation to the keys.
+SearchKey = Text().with_variant(Text(collation="C"), "postgresql")
+
+# Named documents a component keeps across restarts and shares between processes (the last good
+# whitelist and its HTTP validators).
+documents = Table(
+    "documents",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("content", LargeBinary),
+    Column("meta", JSON, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Who runs a singleton job (publisher, whitelist fetcher) among the processes of a cluster.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
+
+# Publication of each BAL to the national directory: what revision is wanted and what is there.
+directory_publication = Table(
+    "directory_publication",
+    metadata,
+    Column("bal_id", Id, ForeignKey("bals.id", ondelete="CASCADE"), primary_key=True),
+    Column("wanted_revision", BigInteger, nullable=False),
+    Column("published_revision", BigInteger, nullable=False, server_default="0"),
+    Column("pending", Boolean, nullable=False),
+    # published | unpublished | pending | error
+    Column("state", String(16), nullable=False),
+    Column("dn", String(1024)),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("last_attempt_at", UTCDateTime),
+    Column("published_at", UTCDateTime),
+    Index(None, "pending", "next_attempt_at"),
+)
+
+# The national address book: every MSSanté BAL of France, from the ANS open-data extraction
+# (mssante-spec §5.4). An import writes a new generation and switches to it when complete.
+address_book_imports = Table(
+    "address_book_imports",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("source", Text, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    # running | done | failed
+    Column("status", String(16), nullable=False),
+    Column("entries", Integer, nullable=False, server_default="0"),
+    Column("bad_lines", Integer, nullable=False, server_default="0"),
+    Column("duplicates", Integer, nullable=False, server_default="0"),
+    Column("detail", JSON),
+)
+
+address_book = Table(
+    "address_book",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("generation", Id, nullable=False),
+    Column("address", String(320), nullable=False),
+    Column("bal_type", String(3), nullable=False),
+    Column("person_id", String(64)),
+    Column("structure_id", String(64)),
+    Column("service", Text),
+    Column("civility", String(32)),
+    Column("last_name", Text),
+    Column("first_name", Text),
+    Column("profession_code", String(16)),
+    Column("profession", Text),
+    Column("specialty", Text),
+    Column("organisation", Text),
+    Column("street", Text),
+    Column("city", Text),
+    Column("postal_code", String(16)),
+    Column("departement", String(3)),
+    Column("country", Text),
+    Column("dematerialisation", Boolean),
+    # store.text.search_key of the fields searched by prefix.
+    Column("last_key", SearchKey, nullable=False),
+    Column("first_key", SearchKey, nullable=False),
+    Column("organisation_key", SearchKey, nullable=False),
+    Column("profession_key", SearchKey, nullable=False),
+    Column("city_key", SearchKey, nullable=False),
+    Column("name_key", SearchKey, nullable=False),
+    UniqueConstraint("generation", "address"),
+    Index(None, "generation", "last_key"),
+    Index(None, "generation", "first_key"),
+    Index(None, "generation", "organisation_key"),
+    Index(None, "generation", "city_key"),
+    Index(None, "generation", "departement"),
+)
+
 # Order in which the port tool copies tables (parents before children).
 TABLES_IN_DEPENDENCY_ORDER: tuple[Table, ...] = (
     domains,
@@ -214,4 +322,9 @@ TABLES_IN_DEPENDENCY_ORDER: tuple[Table, ...] = (
     expunged,
     outbound_queue,
     audit,
+    documents,
+    leases,
+    directory_publication,
+    address_book_imports,
+    address_book,
 )

@@ -19,10 +19,12 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store import mime
+from store.address_book import AddressBookStore
 from store.blobs import BlobStore
 from store.changes import ChangeFeed, PostgresChangeFeed, notify_other_processes
 from store.database import Database, migrate
 from store.delivery import FolderVanished, GroupCommitter
+from store.directory_state import DirectoryStateStore
 from store.errors import (
     BalExists,
     BalNotFound,
@@ -59,12 +61,14 @@ from store.schema import (
     bals,
     credentials,
     delegations,
+    directory_publication,
     domains,
     expunged,
     folders,
     messages,
     outbound_queue,
 )
+from store.text import departement_of, search_key
 
 # Messages above this size are parsed in a worker thread so the event loop stays responsive.
 PARSE_INLINE_LIMIT = 256 * 1024
@@ -155,6 +159,12 @@ def _bal(row: Row[Any]) -> Bal:
         placement=Placement(row.placement),
         created_at=row.created_at,
         updated_at=row.updated_at,
+        service=row.service,
+        rank=row.rank,
+        city=row.city,
+        postal_code=row.postal_code,
+        departement=row.departement,
+        revision=row.revision,
     )
 
 
@@ -210,7 +220,7 @@ def _queue_entry(row: Row[Any]) -> QueueEntry:
     )
 
 
-class Store:
+class Store(DirectoryStateStore, AddressBookStore):
     """One mailbox store: a database (SQLite or PostgreSQL) plus a blob directory.
 
     Open with :meth:`open`, close with :meth:`close`. Safe to share between all the tasks of one
@@ -225,6 +235,9 @@ class Store:
         self._hasher = PasswordHasher()
         self._dummy_hash: str | None = None
         self._folder_ids: dict[tuple[str, str], int] = {}
+
+    def _bal_from_row(self, row: Row[Any]) -> Bal:
+        return _bal(row)
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -316,9 +329,19 @@ class Store:
         liste_rouge: bool = False,
         placement: Placement = Placement.V2,
         password: str | None = None,
+        service: str | None = None,
+        rank: int = 1,
+        city: str | None = None,
+        postal_code: str | None = None,
+        departement: str | None = None,
     ) -> Bal:
-        """Create a BAL in a hosted domain, with its default folders (and a password if given)."""
+        """Create a BAL in a hosted domain, with its default folders (and a password if given).
+
+        The BAL is queued for publication to the national directory in the same transaction.
+        """
         address = normalise_address(address)
+        if rank < 1:
+            raise InvalidInput("rank must be at least 1")
         domain_name = address.rpartition("@")[2]
         password_hash = await self._hash(password) if password is not None else None
         now = _now()
@@ -343,12 +366,20 @@ class Store:
                             liste_rouge=liste_rouge,
                             status=BalStatus.ACTIVE.value,
                             placement=Placement(placement).value,
+                            service=service,
+                            rank=rank,
+                            city=city,
+                            postal_code=postal_code,
+                            departement=departement or departement_of(postal_code),
+                            name_key=search_key(display_name, description, service),
+                            revision=1,
                             created_at=now,
                             updated_at=now,
                         )
                         .returning(bals)
                     )
                 ).one()
+                await self._queue_publication(conn, row.id, row.revision)
                 for name, special_use in DEFAULT_FOLDERS:
                     await self._insert_folder(conn, row.id, name, special_use)
                 if password_hash is not None:
@@ -400,13 +431,43 @@ class Store:
                 await conn.execute(
                     update(bals)
                     .where(bals.c.address == address)
-                    .values(updated_at=_now(), **values)
+                    .values(updated_at=_now(), revision=bals.c.revision + 1, **values)
                     .returning(bals)
                 )
             ).first()
-        if row is None:
-            raise BalNotFound(address)
+            if row is None:
+                raise BalNotFound(address)
+            if {"display_name", "description", "service"} & values.keys():
+                key = search_key(row.display_name, row.description, row.service)
+                await conn.execute(update(bals).where(bals.c.id == row.id).values(name_key=key))
+            await self._queue_publication(conn, row.id, row.revision)
         return _bal(row)
+
+    async def _queue_publication(self, conn: AsyncConnection, bal_id: int, revision: int) -> None:
+        """Mark the BAL's new revision for publication (same transaction as the change, so a
+        change is never lost between the store and the directory publisher)."""
+        now = _now()
+        changed = await conn.execute(
+            update(directory_publication)
+            .where(directory_publication.c.bal_id == bal_id)
+            .values(
+                wanted_revision=revision,
+                pending=True,
+                attempts=0,
+                next_attempt_at=now,
+            )
+        )
+        if changed.rowcount == 0:
+            await conn.execute(
+                insert(directory_publication).values(
+                    bal_id=bal_id,
+                    wanted_revision=revision,
+                    published_revision=0,
+                    pending=True,
+                    state="pending",
+                    next_attempt_at=now,
+                )
+            )
 
     async def set_bal_status(self, address: str, status: BalStatus) -> Bal:
         return await self._update_bal(address, status=BalStatus(status).value)
@@ -423,15 +484,30 @@ class Store:
         description: str | None = None,
         liste_rouge: bool | None = None,
         national_id: str | None = None,
+        service: str | None = None,
+        rank: int | None = None,
+        city: str | None = None,
+        postal_code: str | None = None,
+        departement: str | None = None,
     ) -> Bal:
+        """Change the given attributes (None leaves one as it is; "" clears a text one)."""
+        if rank is not None and rank < 1:
+            raise InvalidInput("rank must be at least 1")
+        if postal_code and departement is None:
+            departement = departement_of(postal_code)
         changes = {
-            k: v
+            k: (v or None) if isinstance(v, str) and k != "display_name" else v
             for k, v in {
                 "display_name": display_name,
                 "profession": profession,
                 "description": description,
                 "liste_rouge": liste_rouge,
                 "national_id": national_id,
+                "service": service,
+                "rank": rank,
+                "city": city,
+                "postal_code": postal_code,
+                "departement": departement,
             }.items()
             if v is not None
         }

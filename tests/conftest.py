@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
+from pki.testpki import TestPki, make_test_pki
 from store import Store
 from store.schema import TABLES_IN_DEPENDENCY_ORDER
+from tests.pki.crlserver import CrlServer
 
 PG_ADMIN_URL = os.environ.get(
     "COLOMBE_TEST_POSTGRES", "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
@@ -113,3 +115,22 @@ async def doctor(store: Store) -> str:
         profession="10",
     )
     return bal.address
+
+
+@pytest.fixture(scope="session")
+def test_pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestPki]:
+    """The IGC-Santé TEST hierarchy with its CRLs served over HTTP on 127.0.0.1."""
+    server = CrlServer()
+    directory = tmp_path_factory.mktemp("pki")
+    pki = make_test_pki(directory, crl_base_url=server.base_url)
+    server.crl_dir = directory / "crl"
+    trust = directory / "trust.pem"
+    trust.write_bytes(pki.roots_path.read_bytes() + pki.intermediates_path.read_bytes())
+    yield pki
+    server.close()
+
+
+@pytest.fixture
+def trust_file(test_pki: TestPki) -> Path:
+    """The TEST roots and intermediates in one PEM file (what a trust bundle setting names)."""
+    return test_pki.directory / "trust.pem"

@@ -1,0 +1,259 @@
+"""Store methods for the directory package: named documents, singleton leases, and the publication
+state of each BAL in the national directory.
+
+A mixin of :class:`store.Store` (one storage area per module, as Synapse splits its data stores).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.engine import Row
+
+from store.database import Database
+from store.errors import InvalidInput
+from store.model import Bal, Document
+from store.schema import bals, directory_publication, documents, leases
+
+MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class PublicationState:
+    """Where a BAL stands with the national directory."""
+
+    address: str
+    bal_id: int
+    revision: int
+    wanted_revision: int
+    published_revision: int
+    pending: bool
+    # pending | published | unpublished | error
+    state: str
+    dn: str | None
+    attempts: int
+    last_error: str | None
+    next_attempt_at: datetime
+    last_attempt_at: datetime | None
+    published_at: datetime | None
+
+
+def _publication(row: Row[Any]) -> PublicationState:
+    return PublicationState(
+        address=row.address,
+        bal_id=row.bal_id,
+        revision=row.revision,
+        wanted_revision=row.wanted_revision,
+        published_revision=row.published_revision,
+        pending=row.pending,
+        state=row.state,
+        dn=row.dn,
+        attempts=row.attempts,
+        last_error=row.last_error,
+        next_attempt_at=row.next_attempt_at,
+        last_attempt_at=row.last_attempt_at,
+        published_at=row.published_at,
+    )
+
+
+_PUBLICATION_COLUMNS = (bals.c.address, bals.c.revision, *directory_publication.c)
+
+
+class DirectoryStateStore:
+    """Mixin: needs ``self.db`` and ``self._bal_from_row`` (provided by :class:`store.Store`)."""
+
+    db: Database
+
+    def _bal_from_row(self, row: Row[Any]) -> Bal:
+        raise NotImplementedError  # provided by Store
+
+    # -- documents --------------------------------------------------------------------------------
+
+    async def save_document(
+        self, name: str, content: bytes | None, meta: dict[str, Any]
+    ) -> Document:
+        """Create or replace the document ``name``. ``content=None`` keeps the stored content and
+        replaces only the metadata (e.g. "checked at" after an HTTP 304)."""
+        if content is not None and len(content) > MAX_DOCUMENT_BYTES:
+            raise InvalidInput(f"document {name!r} larger than {MAX_DOCUMENT_BYTES} octets")
+        now = _now()
+        async with self.db.writer.begin() as conn:
+            values: dict[str, Any] = {"meta": meta, "updated_at": now}
+            if content is not None:
+                values["content"] = content
+            changed = await conn.execute(
+                update(documents).where(documents.c.name == name).values(**values)
+            )
+            if changed.rowcount == 0:
+                await conn.execute(
+                    insert(documents).values(name=name, content=content, meta=meta, updated_at=now)
+                )
+            row = (await conn.execute(select(documents).where(documents.c.name == name))).one()
+        return Document(row.name, row.content, row.meta, row.updated_at)
+
+    async def load_document(self, name: str, *, with_content: bool = True) -> Document | None:
+        columns = [documents.c.name, documents.c.meta, documents.c.updated_at]
+        if with_content:
+            columns.append(documents.c.content)
+        async with self.db.reader.connect() as conn:
+            row = (await conn.execute(select(*columns).where(documents.c.name == name))).first()
+        if row is None:
+            return None
+        return Document(row.name, row.content if with_content else None, row.meta, row.updated_at)
+
+    # -- leases -----------------------------------------------------------------------------------
+
+    async def acquire_lease(self, name: str, holder: str, ttl: timedelta) -> bool:
+        """Take or renew the singleton lease ``name`` for ``holder`` until now + ``ttl``.
+
+        True if ``holder`` holds it now; False if another holder's lease has not expired. One
+        process of a cluster runs the directory publisher, whichever holds the lease.
+        """
+        now = _now()
+        async with self.db.writer.begin() as conn:
+            taken = await conn.execute(
+                update(leases)
+                .where(
+                    leases.c.name == name,
+                    or_(leases.c.holder == holder, leases.c.expires_at < now),
+                )
+                .values(holder=holder, expires_at=now + ttl)
+            )
+            if taken.rowcount:
+                return True
+            exists = (
+                await conn.execute(select(leases.c.holder).where(leases.c.name == name))
+            ).first()
+            if exists is not None:
+                return False
+            await conn.execute(
+                insert(leases).values(name=name, holder=holder, expires_at=now + ttl)
+            )
+            return True
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        async with self.db.writer.begin() as conn:
+            await conn.execute(
+                delete(leases).where(leases.c.name == name, leases.c.holder == holder)
+            )
+
+    # -- publication ------------------------------------------------------------------------------
+
+    async def due_publications(self, *, limit: int = 100) -> list[tuple[Bal, PublicationState]]:
+        """BALs with a revision not yet in the national directory whose retry time has come."""
+        query = (
+            select(bals, *directory_publication.c)
+            .join(directory_publication, directory_publication.c.bal_id == bals.c.id)
+            .where(
+                directory_publication.c.pending, directory_publication.c.next_attempt_at <= _now()
+            )
+            .order_by(directory_publication.c.next_attempt_at, bals.c.id)
+            .limit(limit)
+        )
+        async with self.db.reader.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(self._bal_from_row(r), _publication(r)) for r in rows]
+
+    async def next_publication_due(self) -> datetime | None:
+        """When the earliest pending publication is due (None: nothing pending)."""
+        query = (
+            select(directory_publication.c.next_attempt_at)
+            .where(directory_publication.c.pending)
+            .order_by(directory_publication.c.next_attempt_at)
+            .limit(1)
+        )
+        async with self.db.reader.connect() as conn:
+            return (await conn.execute(query)).scalar()
+
+    async def record_publication(
+        self, bal_id: int, revision: int, *, state: str, dn: str | None
+    ) -> bool:
+        """The directory now holds ``revision`` of the BAL (``state`` published or unpublished).
+
+        Clears ``pending`` only if no newer revision was queued meanwhile; returns whether it did.
+        """
+        if state not in ("published", "unpublished"):
+            raise InvalidInput(f"unknown publication state {state!r}")
+        now = _now()
+        async with self.db.writer.begin() as conn:
+            await conn.execute(
+                update(directory_publication)
+                .where(directory_publication.c.bal_id == bal_id)
+                .values(
+                    published_revision=revision,
+                    state=state,
+                    dn=dn,
+                    attempts=0,
+                    last_error=None,
+                    last_attempt_at=now,
+                    published_at=now,
+                )
+            )
+            done = await conn.execute(
+                update(directory_publication)
+                .where(
+                    directory_publication.c.bal_id == bal_id,
+                    directory_publication.c.wanted_revision <= revision,
+                )
+                .values(pending=False)
+            )
+        return bool(done.rowcount)
+
+    async def record_publication_failure(
+        self, bal_id: int, error: str, *, retry_in: timedelta
+    ) -> None:
+        """Publishing failed: keep it pending, note the error, try again after ``retry_in``."""
+        now = _now()
+        async with self.db.writer.begin() as conn:
+            await conn.execute(
+                update(directory_publication)
+                .where(directory_publication.c.bal_id == bal_id)
+                .values(
+                    state="error",
+                    attempts=directory_publication.c.attempts + 1,
+                    last_error=error[:2000],
+                    last_attempt_at=now,
+                    next_attempt_at=now + retry_in,
+                )
+            )
+
+    async def publication_states(
+        self, *, addresses: Sequence[str] | None = None, only_problems: bool = False
+    ) -> list[PublicationState]:
+        query = select(*_PUBLICATION_COLUMNS).join(
+            directory_publication, directory_publication.c.bal_id == bals.c.id
+        )
+        if addresses is not None:
+            query = query.where(bals.c.address.in_([a.lower() for a in addresses]))
+        if only_problems:
+            query = query.where(
+                or_(directory_publication.c.state == "error", directory_publication.c.pending)
+            )
+        async with self.db.reader.connect() as conn:
+            rows = (await conn.execute(query.order_by(bals.c.address))).all()
+        return [_publication(r) for r in rows]
+
+    async def publication_counts(self) -> dict[str, int]:
+        """Number of BALs per publication state, plus ``pending``."""
+        async with self.db.reader.connect() as conn:
+            by_state = (
+                await conn.execute(
+                    select(directory_publication.c.state, func.count()).group_by(
+                        directory_publication.c.state
+                    )
+                )
+            ).all()
+            pending = (
+                await conn.execute(select(func.count()).where(directory_publication.c.pending))
+            ).scalar_one()
+        counts = {state: n for state, n in by_state}
+        counts["pending_total"] = pending
+        return counts
