@@ -232,6 +232,16 @@ def bal() -> None:
 @click.option("--profession", help="Profession code of the national directory.")
 @click.option("--description")
 @click.option("--liste-rouge", is_flag=True, help="Not published in the national directory.")
+@click.option("--service", help="Service the BAL belongs to (ORG/APP), e.g. Cardiologie.")
+@click.option(
+    "--rank",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Preference among the BALs of one holder (1 = preferred).",
+)
+@click.option("--city")
+@click.option("--postal-code", help="French postal code (gives the département).")
 @click.option(
     "--placement", type=click.Choice([p.value for p in Placement]), default="v2", show_default=True
 )
@@ -247,6 +257,10 @@ async def bal_add(
     profession: str | None,
     description: str | None,
     liste_rouge: bool,
+    service: str | None,
+    rank: int,
+    city: str | None,
+    postal_code: str | None,
     placement: str,
     password_stdin: bool,
     no_password: bool,
@@ -260,11 +274,69 @@ async def bal_add(
         profession=profession,
         description=description,
         liste_rouge=liste_rouge,
+        service=service,
+        rank=rank,
+        city=city,
+        postal_code=postal_code,
         placement=Placement(placement),
         password=password,
     )
     await store.audit("bal.create", actor=actor(), bal=b.address, detail={"type": b.type.value})
     click.echo(f"BAL {b.address} created ({b.type.value})")
+
+
+@bal.command("set")
+@click.argument("address")
+@click.option("--name", "display_name", help="Display name.")
+@click.option("--national-id", help="RPPS/ADELI (PER) or structure identifier (ORG/APP).")
+@click.option("--profession", help="Profession code of the national directory.")
+@click.option("--description", help='Free text; "" clears it.')
+@click.option(
+    "--liste-rouge/--no-liste-rouge",
+    default=None,
+    help="Withdraw the BAL from the national directory, or publish it again.",
+)
+@click.option("--service", help='Service the BAL belongs to; "" clears it.')
+@click.option("--rank", type=click.IntRange(min=1))
+@click.option("--city")
+@click.option("--postal-code")
+@with_store
+async def bal_set(
+    store: Store,
+    address: str,
+    display_name: str | None,
+    national_id: str | None,
+    profession: str | None,
+    description: str | None,
+    liste_rouge: bool | None,
+    service: str | None,
+    rank: int | None,
+    city: str | None,
+    postal_code: str | None,
+) -> None:
+    """Change a BAL's directory attributes (the change is published to the national directory)."""
+    changes: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "display_name": display_name,
+            "national_id": national_id,
+            "profession": profession,
+            "description": description,
+            "liste_rouge": liste_rouge,
+            "service": service,
+            "rank": rank,
+            "city": city,
+            "postal_code": postal_code,
+        }.items()
+        if v is not None
+    }
+    if not changes:
+        raise click.ClickException("nothing to change: give at least one option")
+    b = await store.update_bal(address, **changes)
+    await store.audit(
+        "bal.update", actor=actor(), bal=b.address, detail={"changed": sorted(changes)}
+    )
+    click.echo(f"BAL {b.address} updated (revision {b.revision})")
 
 
 @bal.command("list")
@@ -328,6 +400,9 @@ async def bal_show(store: Store, address: str, as_json: bool) -> None:
         ("national id", b.national_id or "-"),
         ("profession", b.profession or "-"),
         ("description", b.description or "-"),
+        ("service", b.service or "-"),
+        ("rank", b.rank),
+        ("city", " ".join(p for p in (b.postal_code, b.city) if p) or "-"),
         ("liste rouge", "yes" if b.liste_rouge else "no"),
         ("status", b.status.value),
         ("placement", b.placement.value),

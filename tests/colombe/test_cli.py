@@ -444,3 +444,40 @@ def test_console_script_is_installed_and_lists_the_command_groups(tmp_path: Path
     commands = re.findall(r"^  (\S+)", listing, flags=re.MULTILINE)
     for group in ("init", "demo", "serve", "domain", "bal", "delegate", "audit", "store"):
         assert group in commands
+
+
+def test_bal_set_changes_directory_attributes_and_queues_publication(site: Site) -> None:
+    cwd = site.folder
+
+    async def setup(store: Store) -> None:
+        await store.add_domain(HOPITAL)
+        await store.create_bal(SECRETARIAT, BalType.ORG, display_name="Secrétariat")
+
+    site.with_store(setup)
+    done = run(
+        "bal", "set", SECRETARIAT, "--service", "Cardiologie", "--postal-code", "69003",
+        "--city", "Lyon", "--liste-rouge", "--rank", "2", cwd=cwd,
+    )  # fmt: skip
+    assert done.stdout == f"BAL {SECRETARIAT} updated (revision 2)\n"
+
+    async def look(store: Store) -> tuple[Any, ...]:
+        b = await store.get_bal(SECRETARIAT)
+        due = [(bal.address, s.wanted_revision) for bal, s in await store.due_publications()]
+        audit = await store.tail_audit(limit=1)
+        return b.service, b.departement, b.city, b.rank, b.liste_rouge, due, audit[0].detail
+
+    assert site.with_store(look) == (
+        "Cardiologie",
+        "69",
+        "Lyon",
+        2,
+        True,
+        [(SECRETARIAT, 2)],
+        {"changed": ["city", "liste_rouge", "postal_code", "rank", "service"]},
+    )
+    run("bal", "set", SECRETARIAT, "--no-liste-rouge", "--service", "", cwd=cwd)
+    b = site.with_store(lambda store: store.get_bal(SECRETARIAT))
+    assert (b.liste_rouge, b.service, b.revision) == (False, None, 3)
+    assert "nothing to change" in refused("bal", "set", SECRETARIAT, cwd=cwd)
+    zero = run("bal", "set", SECRETARIAT, "--rank", "0", cwd=cwd, code=2)
+    assert "--rank" in zero.stderr
