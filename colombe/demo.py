@@ -24,6 +24,9 @@ class DemoBal:
     national_id: str | None = None
     profession: str | None = None
     description: str | None = None
+    service: str | None = None
+    city: str | None = None
+    postal_code: str | None = None
 
 
 DEMO_BALS = (
@@ -33,12 +36,16 @@ DEMO_BALS = (
         "Dr Claire Martin",
         national_id="899700000001",
         profession="10",
+        city="Villeurbanne",
+        postal_code="69100",
     ),
     DemoBal(
         "secretariat@cabinet-demo.mssante.fr",
         BalType.ORG,
         "Secrétariat du cabinet",
         description="Secrétariat médical",
+        city="Villeurbanne",
+        postal_code="69100",
     ),
     DemoBal(
         "paul.durand@clinique-demo.mssante.fr",
@@ -46,12 +53,17 @@ DEMO_BALS = (
         "Dr Paul Durand",
         national_id="899700000002",
         profession="10",
+        city="Lyon",
+        postal_code="69008",
     ),
     DemoBal(
         "cardiologie@clinique-demo.mssante.fr",
         BalType.ORG,
         "Service de cardiologie",
         description="Cardiologie, bâtiment B",
+        service="Cardiologie",
+        city="Lyon",
+        postal_code="69008",
     ),
     DemoBal(
         "dpi@clinique-demo.mssante.fr",
@@ -110,6 +122,9 @@ async def seed_demo(store: Store) -> bool:
                 national_id=bal.national_id,
                 profession=bal.profession,
                 description=bal.description,
+                service=bal.service,
+                city=bal.city,
+                postal_code=bal.postal_code,
                 password=DEMO_PASSWORD,
             )
             created = True

@@ -235,6 +235,9 @@ class Store(DirectoryStateStore, AddressBookStore):
         self._hasher = PasswordHasher()
         self._dummy_hash: str | None = None
         self._folder_ids: dict[tuple[str, str], int] = {}
+        # Set after a BAL change commits in this process: wakes the directory publisher at once
+        # (other processes' changes are found by its periodic look at the publication queue).
+        self.bal_changed = asyncio.Event()
 
     def _bal_from_row(self, row: Row[Any]) -> Bal:
         return _bal(row)
@@ -390,6 +393,7 @@ class Store(DirectoryStateStore, AddressBookStore):
                     )
         except IntegrityError:
             raise BalExists(address) from None
+        self.bal_changed.set()
         return _bal(row)
 
     async def get_bal(self, address: str) -> Bal:
@@ -441,6 +445,7 @@ class Store(DirectoryStateStore, AddressBookStore):
                 key = search_key(row.display_name, row.description, row.service)
                 await conn.execute(update(bals).where(bals.c.id == row.id).values(name_key=key))
             await self._queue_publication(conn, row.id, row.revision)
+        self.bal_changed.set()
         return _bal(row)
 
     async def _queue_publication(self, conn: AsyncConnection, bal_id: int, revision: int) -> None:

@@ -206,3 +206,10 @@ async def test_upgrade_from_0001_indexes_and_queues_existing_bals(
     finally:
         if backend == "postgresql":
             _pg_admin_sync(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_a_bal_change_wakes_this_process_publisher(store: Store, doctor: str) -> None:
+    assert store.bal_changed.is_set()  # the doctor fixture created a BAL
+    store.bal_changed.clear()
+    await store.update_bal(doctor, rank=2)
+    assert store.bal_changed.is_set()
