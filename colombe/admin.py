@@ -26,6 +26,26 @@ MAX_REQUEST_LINE = 8192
 MAX_HEADERS = 64
 REQUEST_TIMEOUT = 10.0
 
+# Collectors of other components (the whitelist...), exposed on /metrics next to the store's.
+# Looked up at each scrape: components start after the admin endpoint and stop before it.
+_component_collectors: list[Any] = []
+
+
+def register_collector(collector: Any) -> None:
+    """Expose ``collector`` (an object with ``collect() -> Iterator[Metric]``) on /metrics."""
+    _component_collectors.append(collector)
+
+
+def unregister_collector(collector: Any) -> None:
+    if collector in _component_collectors:
+        _component_collectors.remove(collector)
+
+
+class _ComponentCollectors:
+    def collect(self) -> Iterator[Metric]:
+        for collector in list(_component_collectors):
+            yield from collector.collect()
+
 
 class _StoreCollector:
     """Exposes the last snapshot taken from the store (collect() cannot await)."""
@@ -70,6 +90,7 @@ class AdminServer:
         self._collector = _StoreCollector()
         self._registry = CollectorRegistry()
         self._registry.register(self._collector)
+        self._registry.register(_ComponentCollectors())
         self._started = time.monotonic()
 
     @classmethod

@@ -6,18 +6,19 @@ A mixin of :class:`store.Store` (one storage area per module, as Synapse splits 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, literal, or_, select, update
 from sqlalchemy.engine import Row
 
 from store.database import Database
-from store.errors import InvalidInput
-from store.model import Bal, Document
-from store.schema import bals, directory_publication, documents, leases
+from store.errors import DomainNotFound, InvalidInput
+from store.model import Bal, BalStatus, BalType, Document, Placement
+from store.schema import bals, directory_publication, documents, domains, leases
+from store.text import departement_of, search_key
 
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
 
@@ -44,6 +45,29 @@ class PublicationState:
     next_attempt_at: datetime
     last_attempt_at: datetime | None
     published_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PublicationOutcome:
+    """The directory now holds ``revision`` of a BAL: ``published`` at ``dn``, or ``unpublished``
+    (no entry: liste rouge, suspended, closed)."""
+
+    bal_id: int
+    revision: int
+    state: str
+    dn: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PublicationFailure:
+    bal_id: int
+    error: str
+    retry_in: timedelta
+
+
+MAX_ERROR_CHARS = 2000
+# Rows per statement of the batch methods (well under SQLite's and asyncpg's parameter limits).
+_BATCH = 500
 
 
 def _publication(row: Row[Any]) -> PublicationState:
@@ -207,23 +231,92 @@ class DirectoryStateStore:
             )
         return bool(done.rowcount)
 
+    async def record_publications(self, outcomes: Sequence[PublicationOutcome]) -> None:
+        """:meth:`record_publication` for many BALs in one transaction per few hundred (what a
+        full reconciliation of a large directory needs)."""
+        for outcome in outcomes:
+            if outcome.state not in ("published", "unpublished"):
+                raise InvalidInput(f"unknown publication state {outcome.state!r}")
+        now = _now()
+        record = (
+            update(directory_publication)
+            .where(directory_publication.c.bal_id == bindparam("b_id"))
+            .values(
+                published_revision=bindparam("b_revision"),
+                state=bindparam("b_state"),
+                dn=bindparam("b_dn"),
+                attempts=0,
+                last_error=None,
+                last_attempt_at=now,
+                published_at=now,
+            )
+        )
+        # Only if no newer revision was queued meanwhile: that one still has to be published.
+        clear = (
+            update(directory_publication)
+            .where(
+                directory_publication.c.bal_id == bindparam("b_id"),
+                directory_publication.c.wanted_revision <= bindparam("b_revision"),
+            )
+            .values(pending=False)
+        )
+        for start in range(0, len(outcomes), _BATCH):
+            params = [
+                {"b_id": o.bal_id, "b_revision": o.revision, "b_state": o.state, "b_dn": o.dn}
+                for o in outcomes[start : start + _BATCH]
+            ]
+            async with self.db.writer.begin() as conn:
+                await conn.execute(record, params)
+                await conn.execute(
+                    clear, [{"b_id": p["b_id"], "b_revision": p["b_revision"]} for p in params]
+                )
+
     async def record_publication_failure(
         self, bal_id: int, error: str, *, retry_in: timedelta
     ) -> None:
         """Publishing failed: keep it pending, note the error, try again after ``retry_in``."""
+        await self.record_publication_failures([PublicationFailure(bal_id, error, retry_in)])
+
+    async def record_publication_failures(self, failures: Sequence[PublicationFailure]) -> None:
+        """Publishing these BALs failed: state ``error``, one more attempt, retried after each one's
+        ``retry_in``. They are (re)marked pending: a failure found by the full reconciliation on a
+        BAL published long ago must be retried by the incremental loop too."""
         now = _now()
-        async with self.db.writer.begin() as conn:
-            await conn.execute(
-                update(directory_publication)
-                .where(directory_publication.c.bal_id == bal_id)
-                .values(
-                    state="error",
-                    attempts=directory_publication.c.attempts + 1,
-                    last_error=error[:2000],
-                    last_attempt_at=now,
-                    next_attempt_at=now + retry_in,
-                )
+        stmt = (
+            update(directory_publication)
+            .where(directory_publication.c.bal_id == bindparam("b_id"))
+            .values(
+                state="error",
+                pending=True,
+                attempts=directory_publication.c.attempts + 1,
+                last_error=bindparam("b_error"),
+                last_attempt_at=now,
+                next_attempt_at=bindparam("b_next"),
             )
+        )
+        for start in range(0, len(failures), _BATCH):
+            params = [
+                {"b_id": f.bal_id, "b_error": f.error[:MAX_ERROR_CHARS], "b_next": now + f.retry_in}
+                for f in failures[start : start + _BATCH]
+            ]
+            async with self.db.writer.begin() as conn:
+                await conn.execute(stmt, params)
+
+    async def publication_page(
+        self, *, after_id: int = 0, limit: int = 1000
+    ) -> list[tuple[Bal, PublicationState]]:
+        """Every BAL (any status) with its publication state, by id, after ``after_id``: the full
+        reconciliation walks the store with it, one page at a time (keyset paging: no OFFSET)."""
+        query = (
+            select(bals, *directory_publication.c)
+            .join(directory_publication, directory_publication.c.bal_id == bals.c.id)
+            .where(bals.c.id > after_id)
+            .order_by(bals.c.id)
+            .limit(limit)
+        )
+        async with self.db.reader.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(self._bal_from_row(r), _publication(r)) for r in rows]
 
     async def publication_states(
         self, *, addresses: Sequence[str] | None = None, only_problems: bool = False
@@ -257,3 +350,73 @@ class DirectoryStateStore:
         counts = {state: n for state, n in by_state}
         counts["pending_total"] = pending
         return counts
+
+    # -- benchmarks -------------------------------------------------------------------------------
+
+    async def insert_bals_for_bench(self, domain: str, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Insert BALs in bulk, queued for publication: ONLY for benchmarks (bench/ldap_bench.py).
+
+        ``rows`` hold :meth:`store.Store.create_bal` keywords (``address``, ``bal_type``,
+        ``display_name``, ``national_id``, ``profession``, ``description``, ``service``, ``rank``,
+        ``liste_rouge``). Unlike ``create_bal`` these BALs get no folders and no password: they
+        exist for the directory only (``create_bal`` does ~50 BALs/s on SQLite, 100,000 would take
+        half an hour). Returns the number inserted.
+        """
+        now = _now()
+        async with self.db.writer.begin() as conn:
+            domain_id = (
+                await conn.execute(select(domains.c.id).where(domains.c.name == domain))
+            ).scalar()
+        if domain_id is None:
+            raise DomainNotFound(domain)
+        for start in range(0, len(rows), _BATCH):
+            chunk = rows[start : start + _BATCH]
+            values = [
+                {
+                    "address": r["address"].lower(),
+                    "domain_id": domain_id,
+                    "type": BalType(r.get("bal_type", BalType.PER)).value,
+                    "national_id": r.get("national_id"),
+                    "display_name": r.get("display_name", ""),
+                    "profession": r.get("profession"),
+                    "description": r.get("description"),
+                    "liste_rouge": bool(r.get("liste_rouge", False)),
+                    "status": BalStatus.ACTIVE.value,
+                    "placement": Placement.V2.value,
+                    "service": r.get("service"),
+                    "rank": int(r.get("rank", 1)),
+                    "city": r.get("city"),
+                    "postal_code": r.get("postal_code"),
+                    "departement": departement_of(r.get("postal_code")),
+                    "name_key": search_key(
+                        r.get("display_name", ""), r.get("description"), r.get("service")
+                    ),
+                    "revision": 1,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for r in chunk
+            ]
+            async with self.db.writer.begin() as conn:
+                await conn.execute(insert(bals), values)
+                await conn.execute(
+                    insert(directory_publication).from_select(
+                        [
+                            "bal_id",
+                            "wanted_revision",
+                            "published_revision",
+                            "pending",
+                            "state",
+                            "next_attempt_at",
+                        ],
+                        select(
+                            bals.c.id,
+                            literal(1),
+                            literal(0),
+                            literal(True),
+                            literal("pending"),
+                            literal(now, directory_publication.c.next_attempt_at.type),
+                        ).where(bals.c.address.in_([v["address"] for v in values])),
+                    )
+                )
+        return len(rows)
