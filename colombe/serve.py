@@ -12,8 +12,11 @@ import signal
 from collections.abc import Callable
 from typing import Protocol
 
+from colombe.addressbook import AddressBookImporter
 from colombe.admin import AdminServer
 from colombe.config import Config
+from colombe.publication import publisher_component
+from colombe.whitelist import whitelist_component
 from store import Store
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,9 @@ ComponentFactory = Callable[[Config, Store], Component | None]
 # disabled in the configuration.
 COMPONENTS: dict[str, ComponentFactory] = {
     "admin": AdminServer.from_config,
+    "publisher": publisher_component,
+    "whitelist": whitelist_component,
+    "addressbook": AddressBookImporter.from_config,
 }
 
 

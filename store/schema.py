@@ -257,7 +257,9 @@ directory_publication = Table(
 )
 
 # The national address book: every MSSanté BAL of France, from the ANS open-data extraction
-# (mssante-spec §5.4). An import writes a new generation and switches to it when complete.
+# (mssante-spec §5.4). An import writes a new generation beside the current one, then switches to
+# it in one update (the current generation is the latest import whose status is done) and deletes
+# the older generations in small transactions; a failed import leaves the current one in place.
 address_book_imports = Table(
     "address_book_imports",
     metadata,
@@ -278,7 +280,8 @@ address_book = Table(
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("generation", Id, nullable=False),
-    Column("address", String(320), nullable=False),
+    # Octet order on PostgreSQL too: the address filter is a prefix range.
+    Column("address", SearchKey, nullable=False),
     Column("bal_type", String(3), nullable=False),
     Column("person_id", String(64)),
     Column("structure_id", String(64)),
@@ -290,25 +293,37 @@ address_book = Table(
     Column("profession", Text),
     Column("specialty", Text),
     Column("organisation", Text),
+    # Enseigne commerciale: the name a practice or pharmacy is known by, beside its raison sociale.
+    Column("trade_name", Text),
     Column("street", Text),
     Column("city", Text),
     Column("postal_code", String(16)),
     Column("departement", String(3)),
     Column("country", Text),
     Column("dematerialisation", Boolean),
-    # store.text.search_key of the fields searched by prefix.
-    Column("last_key", SearchKey, nullable=False),
-    Column("first_key", SearchKey, nullable=False),
-    Column("organisation_key", SearchKey, nullable=False),
+    # store.text.search_key of the fields filtered by prefix. name_key (last name, first name,
+    # organisation, trade name, service, in that order) is also the order results come in.
+    Column("name_key", SearchKey, nullable=False),
     Column("profession_key", SearchKey, nullable=False),
     Column("city_key", SearchKey, nullable=False),
-    Column("name_key", SearchKey, nullable=False),
     UniqueConstraint("generation", "address"),
-    Index(None, "generation", "last_key"),
-    Index(None, "generation", "first_key"),
-    Index(None, "generation", "organisation_key"),
+    Index(None, "generation", "name_key", "address"),
     Index(None, "generation", "city_key"),
     Index(None, "generation", "departement"),
+)
+
+# Every distinct word of an entry's name_key: "every query word is the prefix of a word of the
+# name" is then a range scan of this index for the rarest word, wherever the word sits in the
+# name ("herriot" finds "Hôpital Édouard-Herriot"). No foreign key: generations are deleted in
+# bulk, per table.
+address_book_words = Table(
+    "address_book_words",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("generation", Id, nullable=False),
+    Column("word", SearchKey, nullable=False),
+    Column("entry", Id, nullable=False),
+    Index(None, "generation", "word", "entry"),
 )
 
 # Order in which the port tool copies tables (parents before children).
@@ -327,4 +342,5 @@ TABLES_IN_DEPENDENCY_ORDER: tuple[Table, ...] = (
     directory_publication,
     address_book_imports,
     address_book,
+    address_book_words,
 )
