@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -124,19 +125,29 @@ def init(
 @click.option("--admin-listen", default="127.0.0.1:8780", show_default=True)
 def demo(directory: str, admin_listen: str) -> None:
     """Initialise DIR with demo domains and BALs, then run the whole stack in the foreground."""
-    from colombe.demo import DEMO_BALS, DEMO_PASSWORD, seed_demo
+    from colombe.demo import (
+        DEMO_BALS,
+        DEMO_PASSWORD,
+        demo_config_sections,
+        demo_whitelist,
+        seed_demo,
+    )
     from colombe.serve import open_store, serve
 
     target = Path(directory) / "colombe.toml"
+    whitelist_file = Path(directory) / "listeblanche-demo.xml"
+    if not whitelist_file.exists():
+        whitelist_file.parent.mkdir(parents=True, exist_ok=True)
+        whitelist_file.write_bytes(demo_whitelist(datetime.now(UTC)))
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(
             render_config(
                 database_url="sqlite:///colombe.db",
                 blob_dir="blobs",
                 hostname="localhost",
                 admin_listen=admin_listen,
-            ),
+            )
+            + demo_config_sections(whitelist_file),
             encoding="utf-8",
         )
     config = load_config(target)
@@ -151,7 +162,15 @@ def demo(directory: str, admin_listen: str) -> None:
         click.echo(f"Demo BALs (password: {DEMO_PASSWORD}):")
         for bal in DEMO_BALS:
             click.echo(f"  {bal.address:42} {bal.type.value}  {bal.display_name}")
-        click.echo("From another shell in this folder: .venv/bin/colombe bal list")
+        click.echo("From another shell in this folder:")
+        click.echo("  .venv/bin/colombe bal list")
+        click.echo("  .venv/bin/colombe directory search --city lyon")
+        click.echo("  .venv/bin/colombe whitelist show")
+        click.echo(
+            "  .venv/bin/colombe directory import-extraction "
+            "https://www.data.gouv.fr/api/1/datasets/r/afe01105-d9a1-41fe-921f-e40ea48b2ba6"
+            "   (every MSSanté address of France, ~90 MB)"
+        )
         click.echo("Stop with Ctrl-C.")
 
     @run_async

@@ -5,15 +5,21 @@ Every name and identifier here is invented (national identifiers use the test pr
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from xml.sax.saxutils import escape
 
 from store import BalType, Store
 from store.errors import BalExists, DomainExists
 
 DEMO_PASSWORD = "colombe-demo"
 DEMO_DOMAINS = ("cabinet-demo.mssante.fr", "clinique-demo.mssante.fr")
+# The demo's own operator certificate DN (the subject the test PKI gives a SERV certificate).
+DEMO_OPERATOR_DN = "CN=localhost,OU=0002 123456789,O=GIP COLOMBE TEST,ST=Rhône (69),C=FR"
+WHITELIST_NAMESPACE = "https://listeblanche.mssante.fr/schema"
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,41 @@ DEMO_BALS = (
         description="Boîte applicative lue par le DPI",
     ),
 )
+
+
+def demo_whitelist(now: datetime) -> bytes:
+    """A whitelist in the ANS format listing the demo domains (what ``[whitelist] url`` points
+    to in the demo: the real list is neither reachable nor wanted on a laptop)."""
+    entries = "".join(
+        "<Domaine>"
+        f"<Nom>{domain}</Nom>"
+        "<Description>Colombe demo</Description>"
+        f"<DNCertificatOperateur>{escape(DEMO_OPERATOR_DN)}</DNCertificatOperateur>"
+        "<ResponsableContact>demo</ResponsableContact>"
+        "<SupportContact>demo</SupportContact>"
+        f"<DateMAJ>{now:%Y-%m-%dT%H:%M:%SZ}</DateMAJ>"
+        "</Domaine>"
+        for domain in DEMO_DOMAINS
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f'<ListeBlancheMSSante xmlns="{WHITELIST_NAMESPACE}">'
+        f"<DateDeGeneration>{now:%Y-%m-%dT%H:%M:%SZ}</DateDeGeneration>"
+        f"<ListeDomaines>{entries}</ListeDomaines>"
+        "</ListeBlancheMSSante>\n"
+    ).encode()
+
+
+def demo_config_sections(whitelist_path: Path) -> str:
+    """What the demo's colombe.toml adds to the minimal one: a local whitelist, and no download
+    of the national address book (90 MB; ``colombe directory import-extraction`` does it)."""
+    return (
+        "\n[whitelist]\n"
+        f"url = {json.dumps(whitelist_path.resolve().as_uri())}\n"
+        "min_entries = 1\n\n"
+        "[directory]\n"
+        "import_interval = 0\n"
+    )
 
 
 def _demo_messages(now: datetime) -> list[bytes]:

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from colombe.config import render_config
-from colombe.demo import DEMO_BALS, DEMO_PASSWORD
+from colombe.demo import DEMO_BALS, DEMO_OPERATOR_DN, DEMO_PASSWORD
 from colombe.serve import COMPONENTS
 from store import Store
 from tests.colombe.processes import Background, http, refused, run_many
@@ -160,13 +160,21 @@ def test_demo_seeds_bals_serves_them_and_stops_on_sigterm(tmp_path: Path) -> Non
         assert http(port, b"GET /healthz HTTP/1.1\r\n\r\n")[0] == 200
 
         # From the folder holding var/, the CLI finds var/colombe.toml by itself.
-        listed, shown = run_many(
+        listed, shown, found, listed_dn = run_many(
             [
                 ["bal", "list"],
                 ["bal", "show", "claire.martin@cabinet-demo.mssante.fr", "--json"],
+                ["directory", "search", "--city", "villeur", "--json"],
+                ["whitelist", "check", "cabinet-demo.mssante.fr", DEMO_OPERATOR_DN],
             ],
             cwd=tmp_path,
         )
+        # The demo's directory and its local whitelist answer.
+        assert sorted(e["address"] for e in json.loads(found.stdout)) == [
+            "claire.martin@cabinet-demo.mssante.fr",
+            "secretariat@cabinet-demo.mssante.fr",
+        ]
+        assert listed_dn.stdout.startswith("allowed")
         addresses = [line.split()[0] for line in listed.stdout.splitlines()[2:]]
         assert "claire.martin@cabinet-demo.mssante.fr" in addresses
         assert sorted(addresses) == sorted(bal.address for bal in DEMO_BALS)
