@@ -31,6 +31,9 @@ bench: $(STAMP)
 	scripts/test-services.sh
 	$(BIN)/python -m bench.store_deliver
 	$(BIN)/python -m bench.pki_bench
+	$(BIN)/python -m bench.whitelist_bench
+	$(BIN)/python -m bench.directory_bench
+	$(BIN)/python -m bench.ldap_bench
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .mypy_cache .ruff_cache
