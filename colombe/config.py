@@ -46,7 +46,8 @@ class AdminSection:
 
 @dataclass(frozen=True, slots=True)
 class WhitelistSection:
-    # The ANS whitelist (mssante-spec §2.3); https://, http:// or file://. Empty: never fetched.
+    # The ANS whitelist (mssante-spec §2.3); https:// or file:// (http:// only to a loopback host).
+    # Empty: never fetched.
     url: str = "https://espacedeconfiance.mssante.fr/listeblanchemssante.xml"
     # PEM or PKCS#7 bundle the HTTPS server is checked against (the IGC-Santé chain).
     # Empty: the system's trust store.
@@ -80,7 +81,7 @@ class PublicationSection:
     # The bind password, read from this file (keep secrets out of colombe.toml); or
     # COLOMBE_PUBLICATION_BIND_PASSWORD.
     bind_password_file: str = ""
-    bind_password: str = ""
+    bind_password: str = field(default="", repr=False)
     ca_file: str = ""
     # Client certificate and key (PEM) for servers that require mutual TLS.
     cert_file: str = ""

@@ -12,13 +12,16 @@ from datetime import datetime
 from typing import Any
 
 import click
+from ldap3.core.exceptions import LDAPException
 
 from colombe.addressbook import directory
 from colombe.clikit import Context, actor, emit_json, emit_table, json_option, with_store
 from colombe.config import Config, ConfigError
 from directory.publisher import (
     STATE_DOCUMENT,
+    LdapError,
     LdapSettings,
+    LeaseLost,
     PassReport,
     PublicationConfigError,
     Publisher,
@@ -222,10 +225,19 @@ def _row(change: tuple[str, str, str]) -> tuple[str, str, str]:
     help="Reconcile the whole directory with the store (repairs entries changed behind our "
     "back), instead of publishing only the BALs changed since the last publication.",
 )
+@click.option(
+    "--allow-mass-delete",
+    is_flag=True,
+    help="With --full: delete our entries that match no BAL even when they are many (more than "
+    "10%% of ours) or the store holds no BAL at all, which is otherwise refused as the sign of an "
+    "empty or wrong database.",
+)
 @json_option
 @with_store
-async def publish(store: Store, full: bool, as_json: bool) -> None:
+async def publish(store: Store, full: bool, allow_mass_delete: bool, as_json: bool) -> None:
     """Publish to the national directory now and print what changed."""
+    if allow_mass_delete and not full:
+        raise click.UsageError("--allow-mass-delete goes with --full")
     publisher = make_publisher(_config(), store)
     last_shown = [0.0]
 
@@ -242,9 +254,16 @@ async def publish(store: Store, full: bool, as_json: bool) -> None:
                 "publishes changes itself); try again once it is stopped or its lease expired"
             )
         if full:
-            report = await publisher.reconcile_full(progress=progress)
+            report = await publisher.reconcile_full(
+                progress=progress, allow_mass_delete=allow_mass_delete
+            )
         else:
             report = await publisher.publish_due(max_batches=100_000)
+    except LeaseLost as exc:
+        raise click.ClickException(f"stopped: {exc}") from None
+    except (LdapError, PublicationConfigError, LDAPException) as exc:
+        # Errors are normally reported per BAL or per pass; whatever gets here is one line too.
+        raise click.ClickException(f"directory publication failed: {exc}") from None
     finally:
         await publisher.close()
     await store.audit(

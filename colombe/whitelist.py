@@ -50,7 +50,7 @@ def settings_from_config(config: Config) -> WhitelistSettings:
         ca_file=config.resolve(section.ca_file) if section.ca_file else None,
         refresh_interval=float(max(1, section.refresh_interval)),
         max_age=float(section.max_age),
-        min_entries=max(0, section.min_entries),
+        min_entries=max(1, section.min_entries),  # an empty list never replaces a good one
         timeout=float(max(1, section.timeout)),
     )
 
@@ -188,7 +188,7 @@ async def _stored(store: Store) -> tuple[Whitelist, dict[str, Any]]:
     if document is None or document.content is None:
         raise click.ClickException("no whitelist in the store; run `colombe whitelist fetch`")
     try:
-        return parse_whitelist(document.content, min_entries=0), dict(document.meta)
+        return parse_whitelist(document.content, min_entries=1), dict(document.meta)
     except WhitelistError as exc:
         raise click.ClickException(f"the stored whitelist is unusable: {exc.reason}") from None
 
@@ -199,16 +199,25 @@ def whitelist() -> None:
 
 
 @whitelist.command("fetch")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Accept a valid list even if its DateDeGeneration is older than the copy in use, or "
+    "it has fewer than half its entries (e.g. to leave a copy dated in the future). Never "
+    "accepts an invalid or empty list, one below whitelist.min_entries or one dated more "
+    "than a day ahead.",
+)
 @json_option
 @with_store
-async def fetch(store: Store, as_json: bool) -> None:
+async def fetch(store: Store, force: bool, as_json: bool) -> None:
     """Download the whitelist now (conditionally), validate it and keep it in the store.
 
-    The copy in the store is replaced only by a valid list; exit code 1 when nothing new could
-    be obtained, with the reason."""
+    The copy in the store is replaced only by a valid list, not older than it and with at least
+    half its entries unless --force; exit code 1 when nothing new could be obtained, with the
+    reason."""
     keeper = WhitelistKeeper(store, settings_from_config(_config()))
     await keeper.load()
-    result: RefreshResult = await keeper.refresh(force=True)
+    result: RefreshResult = await keeper.refresh(force=True, override=force)
     if as_json:
         emit_json({"result": result.outcome, "detail": result.detail, "status": keeper.status()})
     if result.outcome in (Outcome.FAILED, Outcome.REJECTED, Outcome.DISABLED):

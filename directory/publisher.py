@@ -1,4 +1,11 @@
-"""Publication of our BALs to the national directory over LDAP (mssante-spec §2.8, §5, §10.4).
+"""Publication of our BALs to a directory over LDAP (mssante-spec §2.8, §5, §10.4).
+
+The LDAP schema is our own (``directory/ldap_schema/``, see :mod:`directory.ldap_entry`): the
+national directory's LDAP schema was never made public, and current ANS guidance for operators is
+publication through FHIR and the open-data extraction (mssante-spec §5.5). This channel serves an
+LDAP directory: the operator's own, or the national one where it accepts LDAP with this schema. A
+FHIR publication channel is expected later (mssante-spec §5.3, §10.4), fed by the same per-BAL
+publication queue.
 
 The store is the truth; the directory is made to match it:
 
@@ -11,6 +18,15 @@ The store is the truth; the directory is made to match it:
   base DN, compared with a walk of the whole store; missing entries are added, differing managed
   attributes replaced, entries that should not be there deleted. It repairs what was changed
   behind our back and what an incremental pass could not know about.
+
+Only entries of ours are ever modified or deleted: objectClass ``mssBal`` *and* an address in a
+domain we host (``Store.list_domains``). Anything else under the base DN (other operators' BALs in
+a shared branch, entries not named ``mail=<address>``, other object classes) is foreign: counted
+and left alone; a foreign entry at the DN of one of our BALs is an error for that BAL, not
+replaced. A full reconciliation refuses to delete more than ``MASS_DELETE_SHARE`` of our entries
+(beyond ``MASS_DELETE_MIN`` of them), or any entry while the store holds no BAL at all — an empty
+or wrong database must not empty the directory — unless the operator asks for it
+(``colombe directory publish --full --allow-mass-delete``).
 
 Both are idempotent: running either twice changes nothing the second time. Only *publishable*
 BALs (``Bal.publishable``: active, not liste rouge) have an entry; the others are removed:
@@ -26,7 +42,11 @@ ldap3 is synchronous: every LDAP exchange runs in one dedicated worker thread (o
 used by one thread at a time, never by the event loop), a batch of operations per hop so that a
 hundred thousand entries do not cost a hundred thousand thread switches.
 
-One process of a cluster publishes: the one holding the store lease ``directory-publisher``.
+One process of a cluster publishes: the one holding the store lease ``directory-publisher``. It is
+renewed by a heartbeat every third of its TTL for as long as the publisher runs, whatever the
+worker thread is doing, and expires by the database's clock. A publisher that cannot renew it (taken
+over, or the store unreachable for most of a TTL) stops its worker at the next LDAP operation; one
+that stops releases the lease only once its worker has.
 """
 
 from __future__ import annotations
@@ -37,6 +57,7 @@ import logging
 import os
 import socket
 import ssl
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -83,6 +104,11 @@ MAX_BATCHES_PER_PASS = 50  # then the loop comes back (lease renewed, stop honou
 PAGE = 500  # LDAP paged-search page and store page of the full reconciliation
 MAX_PAGES = 20_000  # 10 million entries: a bound, not a limit anyone should meet
 MAX_REPORTED = 1000  # per-BAL lines kept in a pass report
+# A full reconciliation deletes no more than this share of our entries, beyond this many, unless
+# told to (allow_mass_delete): a store restored empty or pointed at the wrong database would
+# otherwise remove every BAL from the directory.
+MASS_DELETE_SHARE = 0.10
+MASS_DELETE_MIN = 10
 
 # LDAP result codes we handle (RFC 4511 §4.1.9).
 NO_SUCH_OBJECT = 32
@@ -107,7 +133,11 @@ class DirectoryUnavailable(LdapError):
 
 
 class LeaseLost(Exception):
-    """Another process took the publisher lease during a pass."""
+    """Another process took the publisher lease during a pass (or this publisher is stopping)."""
+
+
+class Stopped(LeaseLost):
+    """The worker was told to stop (lease lost, publisher closing) between two LDAP operations."""
 
 
 @dataclass(frozen=True)
@@ -217,6 +247,12 @@ class LdapClient:
     def __init__(self, settings: LdapSettings) -> None:
         self.settings = settings
         self._conn: ldap3.Connection | None = None
+        # Set from the event loop: no further operation starts (each raises Stopped).
+        self.stop = threading.Event()
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Stopped("the publisher is stopping or lost its lease")
 
     def _open(self) -> ldap3.Connection:
         s = self.settings
@@ -276,6 +312,7 @@ class LdapClient:
         timeout) is re-opened once and the operation replayed — every operation here is
         idempotent or checked by the caller."""
         for attempt in (1, 2):
+            self._check_stop()
             reused = self._conn is not None
             if self._conn is None:
                 self._conn = self._open()
@@ -356,6 +393,7 @@ class LdapClient:
     ) -> tuple[list[tuple[str, Attributes]], bytes | None]:
         """One page of the entries directly under ``base_dn`` (RFC 2696 paged results) and the
         cookie of the next page (None: that was the last)."""
+        self._check_stop()
         conn = self._conn
         if cookie is not None and conn is None:
             # The paged search lives in a connection: a new one cannot continue it.
@@ -416,14 +454,36 @@ class _Result:
     outage: bool = False
 
 
+def _foreign(dn: str) -> LdapError:
+    return LdapError(f"a foreign entry occupies {dn} (not objectClass mssBal): left alone")
+
+
+def _delete_ours(client: LdapClient, dn: str, *, present: bool | None = None) -> bool:
+    """Delete the entry at ``dn`` if it is one of ours (False: there was none). A foreign entry
+    there raises LdapError: it is not ours to delete. ``present`` True: known from the full
+    reconciliation's search to be ours."""
+    if present is not True:
+        existing = client.read(dn)
+        if existing is None:
+            return False
+        if not is_ours(existing):
+            raise _foreign(dn)
+    return client.delete(dn)
+
+
 def _sync_entry(client: LdapClient, task: _Task) -> tuple[str, str]:
-    """Make the directory hold what ``task`` wants for one BAL; returns (action, detail)."""
+    """Make the directory hold what ``task`` wants for one BAL; returns (action, detail).
+
+    Only entries of ours (objectClass mssBal) are modified or deleted; a foreign entry at the
+    BAL's DN is an error for that BAL (the directory's administrators have to sort it out)."""
     previous = task.state.dn if task.state is not None else None
     if previous and not same_dn(previous, task.dn):
-        # Published under another DN (the base DN changed): that one goes.
-        client.delete(previous)
+        # Published under another DN (the base DN changed): that one goes, if it is ours.
+        old = client.read(previous)
+        if old is not None and is_ours(old):
+            client.delete(previous)
     if task.wanted is None:
-        return ("deleted", "") if client.delete(task.dn) else ("absent", "")
+        return ("deleted", "") if _delete_ours(client, task.dn) else ("absent", "")
     if task.present is False and client.add(task.dn, task.wanted):
         return "added", ""
     existing = client.read(task.dn)
@@ -434,10 +494,7 @@ def _sync_entry(client: LdapClient, task: _Task) -> tuple[str, str]:
         if existing is None:
             raise LdapError(f"add {task.dn}: the entry exists and cannot be read")
     if not is_ours(existing):
-        # Something else sits at our BAL's DN (wrong objectClass cannot be modified in place).
-        client.delete(task.dn)
-        client.add(task.dn, task.wanted)
-        return "replaced", "objectClass"
+        raise _foreign(task.dn)
     changes = modifications(existing, task.wanted)
     if not changes:
         return "unchanged", ""
@@ -447,12 +504,15 @@ def _sync_entry(client: LdapClient, task: _Task) -> tuple[str, str]:
 
 def _apply(client: LdapClient, tasks: list[_Task]) -> list[_Result]:
     """Run the tasks in order (worker thread). When the directory becomes unavailable the rest
-    of the batch is not tried: each remaining BAL fails with that error."""
+    of the batch is not tried: each remaining BAL fails with that error. When the worker is told
+    to stop, the rest is not tried either, and not reported: those BALs stay as they were."""
     results: list[_Result] = []
     for i, task in enumerate(tasks):
         try:
             action, detail = _sync_entry(client, task)
             results.append(_Result(task, action, detail))
+        except Stopped:
+            break
         except DirectoryUnavailable as exc:
             results.extend(_Result(t, "failed", error=str(exc), outage=True) for t in tasks[i:])
             break
@@ -464,12 +524,15 @@ def _apply(client: LdapClient, tasks: list[_Task]) -> list[_Result]:
 def _delete_all(
     client: LdapClient, dns: list[str]
 ) -> tuple[list[tuple[str, str | None]], str | None]:
-    """Delete entries (worker thread): [(dn, error or None)], and the outage that stopped it."""
+    """Delete entries of ours (worker thread): [(dn, error or None)], and the outage that stopped
+    it. Stops quietly when told to."""
     out: list[tuple[str, str | None]] = []
     for dn in dns:
         try:
             client.delete(dn)
             out.append((dn, None))
+        except Stopped:
+            break
         except DirectoryUnavailable as exc:
             return out, str(exc)
         except LdapError as exc:
@@ -501,6 +564,8 @@ class PassReport:
     error: str | None = None
     # ... and it was the directory being unreachable (incremental passes pause with backoff).
     outage: bool = False
+    # ... or the lease was lost (this process must not publish any more).
+    lease_lost: bool = False
     changes: list[tuple[str, str, str]] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
 
@@ -564,6 +629,7 @@ class Publisher:
         retry_min: float = 30.0,
         retry_max: float = 3600.0,
         holder: str | None = None,
+        lease_ttl: float | None = None,
     ) -> None:
         self._store = store
         self.settings = settings
@@ -571,12 +637,19 @@ class Publisher:
         self.full_interval = max(1.0, full_interval)
         self.retry = RetryPolicy(max(0.05, retry_min), max(retry_min, retry_max))
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        # The lease outlives the longest worker-thread hop (a batch whose first operation times
-        # out) several times, and is renewed after each hop.
-        self._lease_ttl = timedelta(seconds=max(120.0, 3 * poll_interval, 4 * settings.timeout))
+        # Renewed by the heartbeat every third of it, and after each worker-thread hop; it
+        # outlives one LDAP operation (bounded by the timeout) several times, so that a worker told
+        # to stop has stopped before another process can take over.
+        if lease_ttl is None:
+            lease_ttl = max(120.0, 3 * poll_interval, 4 * settings.timeout)
+        self._lease_ttl = timedelta(seconds=lease_ttl)
         self._client = LdapClient(settings)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ldap-publisher")
         self._task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        # Why the lease is not ours any more (None: held, or never taken).
+        self._lease_lost: str | None = None
+        self._closed = False
         # Directory unavailable: no incremental pass before this (monotonic) time.
         self._paused_until = 0.0
         self._outages = 0
@@ -599,11 +672,27 @@ class Publisher:
         return [f"directory publication to {self.settings.url} under {self.settings.base_dn}"]
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._store.release_lease(LEASE, self.holder)
-        # Queued behind any operation still running in the worker (each bounded by the timeout).
+        """Stop the worker at its next LDAP operation, wait for it, and only then release the
+        lease: until the worker has stopped, another process must not start publishing."""
+        self._closed = True
+        self._client.stop.set()
+        drained = False
+        # Queued behind any operation still running in the worker (each bounded by the timeout);
+        # the heartbeat keeps the lease meanwhile.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._call(self._client.close), self.settings.timeout + 5)
+            drained = True
+        heartbeat, self._heartbeat_task = self._heartbeat_task, None
+        if heartbeat is not None:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await heartbeat
+        if drained:
+            with contextlib.suppress(Exception):
+                await self._store.release_lease(LEASE, self.holder)
+        else:
+            # Stuck in an operation: the lease expires by itself once its TTL has passed.
+            log.warning("directory publisher worker did not stop in time; lease left to expire")
         self._executor.shutdown(wait=False)
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -613,11 +702,65 @@ class Publisher:
         return await loop.run_in_executor(self._executor, partial(fn, *args))
 
     async def take_lease(self) -> bool:
-        return await self._store.acquire_lease(LEASE, self.holder, self._lease_ttl)
+        """Take or renew the lease; while it is held, a heartbeat task keeps renewing it."""
+        if self._closed:
+            return False
+        if not await self._store.acquire_lease(LEASE, self.holder, self._lease_ttl):
+            if self._lease_lost is None:
+                self._lose_lease("another process took the directory publisher lease")
+            return False
+        if self._lease_lost is not None:
+            # Ours again (the worker, told to stop when it was lost, is idle: every hop is awaited).
+            self._lease_lost = None
+            self._client.stop.clear()
+        if self._heartbeat_task is None or self._heartbeat_task.done():
+            self._heartbeat_task = asyncio.create_task(
+                self._heartbeat(), name="directory-publisher-lease"
+            )
+        return True
+
+    def _lose_lease(self, reason: str) -> None:
+        self._lease_lost = reason
+        # The worker stops before its next LDAP operation.
+        self._client.stop.set()
+
+    async def _heartbeat(self) -> None:
+        """Renew the lease every third of its TTL, whatever the worker is doing (a batch may
+        outlast the TTL). Not renewed for two thirds of it (store unreachable): consider it lost
+        before it expires, and stop the worker."""
+        ttl = self._lease_ttl.total_seconds()
+        interval = ttl / 3
+        renewed = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            if self._lease_lost is not None or self._closed:
+                return
+            started = time.monotonic()
+            try:
+                held = await self._store.acquire_lease(LEASE, self.holder, self._lease_ttl)
+            except Exception as exc:
+                log.warning("directory publisher lease not renewed: %s", exc)
+                if time.monotonic() - renewed < ttl - interval:
+                    continue
+                held = False
+            if held:
+                renewed = started
+                continue
+            self._lose_lease("the directory publisher lease could not be renewed in time")
+            log.warning("directory publication: %s; stopping", self._lease_lost)
+
+    def _check_lease(self) -> None:
+        if self._closed:
+            raise LeaseLost("the directory publisher is stopping")
+        if self._lease_lost is not None:
+            raise LeaseLost(self._lease_lost)
 
     async def _renew_lease(self) -> None:
+        self._check_lease()
         if not await self.take_lease():
-            raise LeaseLost("another process took the directory publisher lease")
+            raise LeaseLost(
+                self._lease_lost or "another process took the directory publisher lease"
+            )
 
     async def check(self) -> None:
         """Connect, bind and read the base DN (raises DirectoryUnavailable or LdapError)."""
@@ -629,6 +772,8 @@ class Publisher:
         """Publish the BALs whose change is due, in batches, until none is due (or
         ``max_batches``, or the directory becomes unavailable)."""
         report = PassReport("incremental")
+        # Never a batch without the lease (e.g. right after a full reconciliation that lost it).
+        await self._renew_lease()
         for _ in range(max_batches):
             due = await self._store.due_publications(limit=BATCH)
             if not due:
@@ -644,6 +789,7 @@ class Publisher:
             ]
             results = await self._call(_apply, self._client, tasks)
             await self._record(results, report, always=True)
+            self._check_lease()  # told to stop during the batch: the rest stays pending
             unavailable = _unavailable(results)
             if unavailable is not None:
                 report.error = unavailable
@@ -666,7 +812,9 @@ class Publisher:
             report.note(bal.address, r.action, r.detail, r.error)
             if r.error is not None:
                 attempts = state.attempts if state is not None else 0
-                failures.append(PublicationFailure(bal.id, r.error, self.retry.delay(attempts)))
+                # An outage is backed off globally (_after_pass), not BAL by BAL.
+                retry_in = None if r.outage else self.retry.delay(attempts)
+                failures.append(PublicationFailure(bal.id, bal.revision, r.error, retry_in))
                 continue
             outcome = PublicationOutcome(
                 bal.id,
@@ -711,23 +859,32 @@ class Publisher:
     # -- full reconciliation --------------------------------------------------------------------
 
     async def reconcile_full(
-        self, *, progress: Callable[[str, int], None] | None = None
+        self,
+        *,
+        progress: Callable[[str, int], None] | None = None,
+        allow_mass_delete: bool = False,
     ) -> PassReport:
-        """Make the whole tree under the base DN match the store (see the module docstring)."""
+        """Make the whole tree under the base DN match the store (see the module docstring).
+        ``allow_mass_delete``: delete stray entries of ours even beyond the safety limit (the
+        operator's ``--allow-mass-delete``)."""
         report = PassReport("full")
         try:
-            await self._reconcile(report, progress)
+            await self._renew_lease()
+            await self._reconcile(report, progress, allow_mass_delete=allow_mass_delete)
         except DirectoryUnavailable as exc:
             report.error = str(exc)
             report.outage = True
         except LeaseLost as exc:
             report.error = str(exc)
+            report.lease_lost = True
         except LdapError as exc:
             # The search itself failed (base DN missing, size limit...): nothing was decided.
             report.error = str(exc)
         report.finished_at = datetime.now(UTC)
         self._after_pass(report)
         self.last_report = report
+        if report.lease_lost:
+            return report  # the holder's reconciliation is the one to keep
         await self._store.save_document(
             STATE_DOCUMENT,
             None,
@@ -740,24 +897,35 @@ class Publisher:
         return report
 
     async def _reconcile(
-        self, report: PassReport, progress: Callable[[str, int], None] | None
+        self,
+        report: PassReport,
+        progress: Callable[[str, int], None] | None,
+        *,
+        allow_mass_delete: bool = False,
     ) -> None:
         base = self.settings.base_dn
+        hosted = {d.name.lower() for d in await self._store.list_domains()}
         # 1. What the directory holds: address -> (DN, digest of what we manage, ours?). A digest
         #    rather than the entry keeps memory small; the rare entry that differs is re-read.
+        #    Ours: objectClass mssBal, named mail=<address> in a domain we host. Anything else is
+        #    foreign and left alone (a foreign entry at one of our BALs' DN is that BAL's error).
         index: dict[str, tuple[str, bytes, bool]] = {}
+        ours_seen = 0
         cookie: bytes | None = None
         for _ in range(MAX_PAGES):
             entries, cookie = await self._call(self._client.search_page, base, cookie, PAGE)
+            self._check_lease()
             for dn, attrs in entries:
                 report.seen_entries += 1
                 address = address_of_dn(dn)
+                domain = _domain_of(address)
+                if address is None or domain not in hosted:
+                    report.foreign += 1
+                    continue
                 ours = is_ours(attrs)
-                if address is not None:
-                    index[address] = (dn, entry_digest(attrs), ours)
-                elif ours:
-                    # A BAL entry not named mail=<address>: not ours to keep.
-                    index[f"dn:{dn.lower()}"] = (dn, b"", True)
+                index[address] = (dn, entry_digest(attrs), ours)
+                if ours:
+                    ours_seen += 1
                 else:
                     report.foreign += 1
             if progress is not None:
@@ -778,8 +946,12 @@ class Publisher:
                 report.seen_bals += 1
                 found = index.pop(bal.address.lower(), None)
                 dn = bal_dn(bal.address, base)
-                if bal.publishable:
-                    wanted = wanted_attributes(bal)
+                wanted = wanted_attributes(bal) if bal.publishable else None
+                if found is not None and not found[2]:
+                    # Not ours to replace or delete.
+                    task = _Task(bal, state, found[0], wanted, present=True)
+                    settled.append(_Result(task, "failed", error=str(_foreign(found[0]))))
+                elif wanted is not None:
                     if found is None:
                         tasks.append(_Task(bal, state, dn, wanted, present=False))
                     elif found[1] != entry_digest(wanted):
@@ -792,20 +964,27 @@ class Publisher:
                     settled.append(_Result(_Task(bal, state, dn, None), "absent"))
             results = await self._call(_apply, self._client, tasks) if tasks else []
             await self._record(settled + results, report, always=False)
+            self._check_lease()
             unavailable = _unavailable(results)
             if unavailable is not None:
                 raise DirectoryUnavailable(unavailable)
             if progress is not None:
                 progress("reconciled", report.seen_bals)
             await self._renew_lease()
-        # 3. Entries of ours that match no publishable BAL (BAL gone from the store, or an entry
-        #    added behind our back): deleted. Foreign entries were left alone above.
+        # 3. Entries of ours that match no BAL of the store (BAL gone, or an entry added behind
+        #    our back): deleted, within limits (see the module docstring).
         leftovers = sorted(dn for dn, _, ours in index.values() if ours)
+        refusal = _mass_delete_refusal(len(leftovers), ours_seen, report.seen_bals)
+        if refusal is not None and not allow_mass_delete:
+            report.error = refusal
+            log.error("directory full reconciliation: %s", refusal)
+            return
         for start in range(0, len(leftovers), PAGE):
             chunk = leftovers[start : start + PAGE]
             done, outage = await self._call(_delete_all, self._client, chunk)
             for dn, error in done:
                 report.note(dn, "failed" if error else "deleted", error=error)
+            self._check_lease()
             if outage is not None:
                 raise DirectoryUnavailable(outage)
             await self._renew_lease()
@@ -835,6 +1014,8 @@ class Publisher:
                 if await self.take_lease():
                     if time.monotonic() >= next_full:
                         report = await self.reconcile_full()
+                        if report.lease_lost:
+                            raise LeaseLost(report.error or "lease lost")
                         if report.error is None:
                             full_failures = 0
                             next_full = time.monotonic() + self.full_interval
@@ -869,6 +1050,33 @@ class Publisher:
         timeout = max(0.05, timeout)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._store.bal_changed.wait(), timeout)
+
+
+def _domain_of(address: str | None) -> str | None:
+    if not address:
+        return None
+    local, at, domain = address.rpartition("@")
+    return domain.lower() if at and local and domain else None
+
+
+def _mass_delete_refusal(deleting: int, ours: int, bals: int) -> str | None:
+    """Why deleting ``deleting`` of our ``ours`` entries is refused (None: it is not)."""
+    if deleting == 0:
+        return None
+    if bals == 0:
+        return (
+            f"refusing to delete {deleting} entries: the store holds no BAL at all (empty or "
+            "wrong database?); if this is intended, run `colombe directory publish --full "
+            "--allow-mass-delete`"
+        )
+    if deleting > MASS_DELETE_MIN and deleting > MASS_DELETE_SHARE * ours:
+        return (
+            f"refusing to delete {deleting} of our {ours} entries (more than "
+            f"{MASS_DELETE_SHARE:.0%}) that match no BAL of the store; check the store and "
+            "base_dn, then if this is intended run `colombe directory publish --full "
+            "--allow-mass-delete`"
+        )
+    return None
 
 
 def _unavailable(results: Iterable[_Result]) -> str | None:

@@ -18,6 +18,7 @@ Structure (namespace ``https://listeblanche.mssante.fr/schema``)::
 
 from __future__ import annotations
 
+import io
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -29,16 +30,21 @@ from xml.etree.ElementTree import Element, ParseError
 
 from cryptography import x509
 from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import fromstring
+from defusedxml.ElementTree import iterparse
 
 from pki.dn import DistinguishedName, DNKey, DNSyntaxError, dn_key
 
 NAMESPACE: Final = "https://listeblanche.mssante.fr/schema"
 ROOT_TAG: Final = f"{{{NAMESPACE}}}ListeBlancheMSSante"
 
-MAX_WHITELIST_BYTES: Final = 64 * 1024 * 1024
-"""Largest file accepted (the 2025 file is 3.7 MB for 6,554 entries)."""
+MAX_WHITELIST_BYTES: Final = 16 * 1024 * 1024
+"""Largest file accepted: the 2025 file is 3.7 MB for 6,554 entries, so 16 MB leaves room for
+four times as many while bounding what a hostile or broken server can make us hold (the parser
+keeps one ``Domaine`` at a time, see :func:`parse_whitelist`)."""
 MAX_ENTRIES: Final = 1_000_000
+MAX_PENDING_ELEMENTS: Final = 1000
+"""Elements held at once while parsing: one ``Domaine`` has 7; more means a file built to make
+the parser hold millions of elements (``<a/>`` costs 4 octets on the wire, ~100 in memory)."""
 MAX_PROBLEMS_KEPT: Final = 100
 """Entry-level problems remembered for display (their count is always exact)."""
 MAX_DOMAIN_CHARS: Final = 253  # RFC 1035 §2.3.4, in presentation form without the final dot
@@ -66,17 +72,20 @@ class WhitelistError(Exception):
 
 
 def normalise_domain(name: str) -> str | None:
-    """``name`` as the index keys it (lower case, no final dot, IDNA A-labels), or None if it is
-    not a plausible host name. The file writes names as typed (one has capitals)."""
-    name = name.strip().rstrip(".")
-    if not name or len(name) > MAX_DOMAIN_CHARS * 4:
+    """``name`` as the index keys it (ASCII lower case, no final dot), or None if it is not an
+    ASCII host name. The file writes names as typed (one has capitals).
+
+    Only ASCII is compared: an internationalised domain must be written, in the file and by the
+    MTA asking, as its A-labels (``xn--...``). No IDNA mapping is applied, because IDNA 2003's
+    (``str.encode("idna")``) folds distinct names together (``straße`` -> ``strasse``, soft
+    hyphen and zero-width characters dropped, full-width letters folded), which would let the
+    DN listed for one domain speak for another. A non-ASCII ``name`` therefore gives None: not
+    listed, and a whitelist entry so written is left out."""
+    if not name.isascii():  # before stripping: str.strip() also removes non-ASCII spaces
         return None
-    if not name.isascii():
-        try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError:
-            return None
-    name = name.lower()
+    name = name.strip().rstrip(".").lower()
+    if not name:
+        return None
     if len(name) > MAX_DOMAIN_CHARS:
         return None
     labels = name.split(".")
@@ -171,7 +180,17 @@ class Whitelist:
     def allows(self, domain: str, peer_dn: DistinguishedName | x509.Name | str) -> bool:
         """Whether the peer whose certificate subject is ``peer_dn`` may speak for ``domain``:
         the DN is one of those listed for the domain (mssante-spec §2.2: "peer DN ∈ set of DNs
-        listed for that domain", never "the" DN). Compared RDN by RDN, never as strings."""
+        listed for that domain", never "the" DN). Compared RDN by RDN, never as strings.
+
+        ``domain`` must be ASCII (A-labels for an internationalised name): any other string is
+        not listed (see :func:`normalise_domain`).
+
+        Pass the peer's certificate subject as the ``x509.Name`` itself (or a
+        :class:`DistinguishedName` built with :meth:`DistinguishedName.from_x509`), never as a
+        string. A string is parsed by :meth:`DistinguishedName.parse`, which decodes XML
+        entities (what the whitelist file needs): ``O=A&#44;CN=b`` becomes two RDNs, so a
+        subject rendered to text by someone else and parsed again can change shape. Strings are
+        for DNs typed by an operator or read from the whitelist file."""
         name = normalise_domain(domain)
         if name is None:
             return False
@@ -257,59 +276,99 @@ def _text(element: Element, tag: str) -> str | None:
     return "".join(child.itertext())
 
 
+_DATE_TAG: Final = f"{{{NAMESPACE}}}DateDeGeneration"
+_DOMAINS_TAG: Final = f"{{{NAMESPACE}}}ListeDomaines"
+_DOMAIN_TAG: Final = f"{{{NAMESPACE}}}Domaine"
+
+
 def parse_whitelist(data: bytes, *, min_entries: int = 1) -> Whitelist:
     """The whitelist in ``data`` (the XML file as downloaded), or :class:`WhitelistError`.
 
     Refused: not well-formed XML (the GitHub mirror's files stop after ``</ListeDomaines>``), any
     DTD or entity declaration (defusedxml), another root element or namespace, no readable
-    ``DateDeGeneration``, no ``ListeDomaines``, fewer than ``min_entries`` usable entries (a
-    truncated or emptied file must never replace a good one). A ``Domaine`` without a valid
-    ``Nom`` or DN is left out and counted in :attr:`Whitelist.problems`: one bad line typed at
-    ANS must not block every update; it makes that binding unlisted, which is failing closed.
+    ``DateDeGeneration``, no ``ListeDomaines``, fewer than ``min_entries`` usable entries and in
+    any case fewer than 1 (a truncated or emptied file must never replace a good one). A
+    ``Domaine`` without a valid ``Nom`` (an ASCII host name, see :func:`normalise_domain`) or
+    DN is left out and counted in :attr:`Whitelist.problems`: one bad line typed at ANS must not
+    block every update; it makes that binding unlisted, which is failing closed.
+
+    Memory: at most :data:`MAX_WHITELIST_BYTES` octets, parsed incrementally; each ``Domaine``
+    is dropped from the tree once read, and no more than :data:`MAX_PENDING_ELEMENTS` elements
+    are held at once.
     """
     if len(data) > MAX_WHITELIST_BYTES:
         raise WhitelistError(f"{len(data)} octets, more than the {MAX_WHITELIST_BYTES} accepted")
     if not data.strip():
         raise WhitelistError("empty document")
+    required = max(1, min_entries)
+    generated_text: str | None = None
+    seen_domains = False  # a ListeDomaines was closed (only the first one is read)
+    entries: list[Entry] = []
+    problems: list[Problem] = []
+    problem_count = 0
+    position = 0
+    # ~400 distinct DN strings for ~6,500 entries: each is parsed once.
+    parsed: dict[str, DistinguishedName | str] = {}
+    stack: list[Element] = []  # the open elements, root first
+    pending = 0  # elements started since the tree was last pruned
     try:
         # forbid_dtd: the file has no business declaring a DTD; entities and external references
         # are refused by defusedxml in any case.
-        root = fromstring(data, forbid_dtd=True)
+        for event, element in iterparse(io.BytesIO(data), events=("start", "end"), forbid_dtd=True):
+            if event == "start":
+                if not stack and element.tag != ROOT_TAG:
+                    raise WhitelistError(f"root element is {element.tag!r}, expected {ROOT_TAG!r}")
+                pending += 1
+                if pending > MAX_PENDING_ELEMENTS:
+                    raise WhitelistError(
+                        f"more than {MAX_PENDING_ELEMENTS} elements in one part of the file"
+                    )
+                stack.append(element)
+                continue
+            stack.pop()
+            depth = len(stack)  # 0: the root, 1: its children, 2: their children...
+            if depth == 1:
+                if element.tag == _DATE_TAG and generated_text is None:
+                    generated_text = "".join(element.itertext())
+                elif element.tag == _DOMAINS_TAG:
+                    seen_domains = True
+            elif (
+                depth == 2
+                and not seen_domains
+                and stack[1].tag == _DOMAINS_TAG
+                and element.tag == _DOMAIN_TAG
+            ):
+                position += 1
+                if position > MAX_ENTRIES:
+                    raise WhitelistError(f"more than {MAX_ENTRIES} Domaine entries")
+                entry = _entry(element, parsed)
+                if isinstance(entry, str):
+                    problem_count += 1
+                    if len(problems) < MAX_PROBLEMS_KEPT:
+                        problems.append(Problem(position, entry))
+                else:
+                    entries.append(entry)
+            if 1 <= depth <= 2:
+                # Read (or of no interest): drop it and its earlier siblings from the tree.
+                element.clear()
+                del stack[-1][:]
+                pending = 0
     except ParseError as exc:
         line, column = exc.position
         raise WhitelistError(f"not well-formed XML at line {line}, column {column}") from None
     except DefusedXmlException as exc:
         raise WhitelistError(f"refused XML construct ({type(exc).__name__})") from None
-    if root.tag != ROOT_TAG:
-        raise WhitelistError(f"root element is {root.tag!r}, expected {ROOT_TAG!r}")
-    generated_text = _text(root, "DateDeGeneration")
     if generated_text is None:
         raise WhitelistError("no DateDeGeneration")
     generated_at = parse_datetime(generated_text)
     if generated_at is None:
         raise WhitelistError(f"unreadable DateDeGeneration {generated_text.strip()[:40]!r}")
-    domains = root.find(f"{{{NAMESPACE}}}ListeDomaines")
-    if domains is None:
+    if not seen_domains:
         raise WhitelistError("no ListeDomaines")
-    entries: list[Entry] = []
-    problems: list[Problem] = []
-    problem_count = 0
-    # ~400 distinct DN strings for ~6,500 entries: each is parsed once.
-    parsed: dict[str, DistinguishedName | str] = {}
-    for position, element in enumerate(domains.iterfind(f"{{{NAMESPACE}}}Domaine"), 1):
-        if position > MAX_ENTRIES:
-            raise WhitelistError(f"more than {MAX_ENTRIES} Domaine entries")
-        entry = _entry(element, parsed)
-        if isinstance(entry, str):
-            problem_count += 1
-            if len(problems) < MAX_PROBLEMS_KEPT:
-                problems.append(Problem(position, entry))
-            continue
-        entries.append(entry)
-    if len(entries) < min_entries:
+    if len(entries) < required:
         raise WhitelistError(
-            f"{len(entries)} usable entries, fewer than the {min_entries} required "
-            "(whitelist.min_entries)"
+            f"{len(entries)} usable entries, fewer than the {required} required "
+            "(whitelist.min_entries, at least 1)"
         )
     return Whitelist.build(generated_at, entries, problems, problem_count)
 

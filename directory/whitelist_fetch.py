@@ -16,9 +16,13 @@ copy newer than its own in the store loads it. The MTA asks :meth:`WhitelistKeep
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import enum
+import functools
 import hashlib
+import http.client
+import ipaddress
 import logging
 import os
 import socket
@@ -63,7 +67,9 @@ FAILURE_RETRY: Final = 300.0
 """Seconds before trying again after a failed or refused download (capped by refresh_interval)."""
 LEASE_RETRY: Final = 60.0
 """Seconds before looking again while another process holds the download lease."""
-_LOOPBACK: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+FUTURE_TOLERANCE: Final = timedelta(days=1)
+"""A ``DateDeGeneration`` later than now plus this is refused: adopted, it would make every
+correct list after it look older, and so freeze the copy in use."""
 
 
 class FetchError(Exception):
@@ -114,16 +120,192 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
     return context
 
 
+def is_loopback_host(host: str | None) -> bool:
+    """Whether ``host`` (a URL's host name, without brackets) names this machine: ``localhost``,
+    127.0.0.0/8 or ::1. Only these may be reached over plain http."""
+    if not host:
+        return False
+    host = host.lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def redact_url(url: str) -> str:
+    """``url`` as it may be shown, logged or stored: user and password replaced by ``***``, and
+    the query string too (a token often travels there); the fragment dropped."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "(unreadable URL)"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(
+        (parts.scheme, netloc, parts.path, "***" if parts.query else "", "")
+    )
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` with ``url`` and its secrets (userinfo, password, query) replaced, for messages
+    that may quote them (urllib and http.client errors do)."""
+    text = text.replace(url, redact_url(url))
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return text
+    secrets = [parts.netloc.rpartition("@")[0] if "@" in parts.netloc else "", parts.query]
+    with contextlib.suppress(ValueError):
+        secrets.append(parts.password or "")
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _plain_http_refused(url: str) -> FetchError | None:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() != "http" or is_loopback_host(parts.hostname):
+        return None
+    return FetchError(
+        f"plain http:// refused for {redact_url(url)} (whitelist.url): anyone on the path could "
+        "add their DN to any domain; use https:// (http:// only to a loopback host)"
+    )
+
+
 class _SameSchemeRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow a redirect only to http(s), and never from https down to http (the trust in the
-    file rests on the TLS check)."""
+    """Follow a redirect only to https, or to http on a loopback host, and never from https down
+    to http (the trust in the file rests on the TLS check)."""
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
         old = urllib.parse.urlsplit(req.full_url).scheme.lower()
         new = urllib.parse.urlsplit(newurl).scheme.lower()
         if new not in ("http", "https") or (old == "https" and new != "https"):
             raise FetchError(f"redirect from {old}:// to {new or '?'}:// refused")
+        if _plain_http_refused(newurl) is not None:
+            raise FetchError(f"redirect from {old}:// to http:// on a non-loopback host refused")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+class _Deadline:
+    """The time left to a download, enforced on every socket it opens.
+
+    A server can answer one octet at a time, each within a socket timeout, and so keep a
+    download (status line, headers, redirects, TLS handshake, body) going for ever. Each socket
+    gets the remaining time as its timeout when it is opened, and at the deadline a watchdog
+    shuts every socket down, which ends whatever read or write is blocked on it. The watchdog
+    holds a duplicate of each socket (``dup``): shutdown acts on the connection, and the
+    duplicate stays valid when TLS takes over the original object."""
+
+    def __init__(self, timeout: float) -> None:
+        self.at = time.monotonic() + timeout
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.expired = False
+        self._timer = threading.Timer(max(0.0, timeout), self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self) -> float:
+        """Seconds left; :class:`TimeoutError` when none."""
+        left = self.at - time.monotonic()
+        if left <= 0 or self.expired:
+            raise TimeoutError("deadline reached")
+        return left
+
+    def watch(self, sock: socket.socket) -> None:
+        duplicate = sock.dup()
+        with self._lock:
+            self._sockets.append(duplicate)
+            expired = self.expired
+        if expired:
+            _shutdown(duplicate)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shutdown(sock)
+
+    def close(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            sock.close()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _connect(
+    deadline: _Deadline,
+    address: tuple[str, int],
+    timeout: object = None,  # http.client's per-operation timeout: the deadline replaces it
+    source_address: tuple[str, int] | None = None,
+) -> socket.socket:
+    """``socket.create_connection`` with the time left for all the addresses tried together
+    (not each), every socket watched."""
+    host, port = address
+    error: OSError | None = None
+    for family, kind, proto, _, where in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            deadline.watch(sock)
+            sock.settimeout(deadline.remaining())
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(where)
+            sock.settimeout(deadline.remaining())
+            return sock
+        except TimeoutError:
+            sock.close()
+            raise
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error or OSError(f"no address for {host}")
+
+
+class _BoundedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = functools.partial(_connect, deadline)
+
+
+class _BoundedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = functools.partial(_connect, deadline)
+
+
+class _BoundedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        factory = functools.partial(_BoundedHTTPConnection, deadline=self._deadline)
+        return self.do_open(factory, req)
+
+
+class _BoundedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline, context: ssl.SSLContext) -> None:
+        super().__init__(context=context)
+        self._deadline = deadline
+        self._bounded_context = context
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        factory = functools.partial(
+            _BoundedHTTPSConnection, deadline=self._deadline, context=self._bounded_context
+        )
+        return self.do_open(factory, req)
 
 
 def _read_bounded(read: Callable[[int], bytes], limit: int, deadline: float, what: str) -> bytes:
@@ -149,11 +331,19 @@ def download(
     timeout: float = 60.0,
     max_bytes: int = MAX_WHITELIST_BYTES,
 ) -> Download:
-    """GET ``url`` (https://, http:// or file://), conditionally when ``etag``/``last_modified``
-    of the copy we hold are given. Blocking; bounded in size and total time. Raises
-    :class:`FetchError`."""
+    """GET ``url`` (https://, file://, or http:// to a loopback host only), conditionally when
+    ``etag``/``last_modified`` of the copy we hold are given. Blocking; bounded in size and in
+    total time: ``timeout`` covers connecting, the TLS handshake, the status line, the headers,
+    every redirect hop and the body together (see :class:`_Deadline`); only the resolution of
+    the host name is left to the system resolver's own limits. ``context`` verifies every https
+    hop, redirects from http included (the system's store when None). Raises
+    :class:`FetchError`; its message never shows the URL's user, password or query."""
     deadline = time.monotonic() + timeout
-    parts = urllib.parse.urlsplit(url)
+    shown = redact_url(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        raise FetchError(f"unreadable whitelist.url {shown}") from None
     scheme = parts.scheme.lower()
     if scheme == "file":
         path = urllib.request.url2pathname(parts.path)
@@ -164,7 +354,48 @@ def download(
             raise FetchError(f"cannot read {path}: {exc.strerror or exc}") from None
     if scheme not in ("http", "https"):
         raise FetchError(f"unsupported URL scheme {scheme or '(none)'!r} in whitelist.url")
-    request = urllib.request.Request(url, headers={"User-Agent": "colombe-whitelist"})
+    refused = _plain_http_refused(url)
+    if refused is not None:
+        raise refused
+    bound = _Deadline(timeout)
+    try:
+        return _get(url, bound, context, etag, last_modified, timeout, max_bytes)
+    except FetchError as exc:
+        if bound.expired:
+            raise _too_slow(shown, timeout) from None
+        raise FetchError(_scrub(str(exc), url)) from None
+    finally:
+        bound.close()
+
+
+def _too_slow(shown: str, timeout: float) -> FetchError:
+    return FetchError(f"{shown}: no complete answer within {timeout:g} s (whitelist.timeout)")
+
+
+def _get(
+    url: str,
+    deadline: _Deadline,
+    context: ssl.SSLContext | None,
+    etag: str | None,
+    last_modified: str | None,
+    timeout: float,
+    max_bytes: int,
+) -> Download:
+    shown = redact_url(url)
+    parts = urllib.parse.urlsplit(url)
+    target = url
+    authorization: str | None = None
+    if "@" in parts.netloc:
+        # user:password@ is HTTP Basic authentication, sent to this host only (an unredirected
+        # header), never part of the host name urllib would otherwise resolve.
+        target = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        credentials = f"{urllib.parse.unquote(parts.username or '')}:" + urllib.parse.unquote(
+            parts.password or ""
+        )
+        authorization = "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
+    request = urllib.request.Request(target, headers={"User-Agent": "colombe-whitelist"})
+    if authorization is not None:
+        request.add_unredirected_header("Authorization", authorization)
     # RFC 9110 §13.1.2/§13.1.3: with both, the server uses If-None-Match.
     if etag:
         request.add_header("If-None-Match", etag)
@@ -172,36 +403,49 @@ def download(
         request.add_header("If-Modified-Since", last_modified)
     handlers: list[urllib.request.BaseHandler] = [
         _SameSchemeRedirects(),
-        urllib.request.HTTPSHandler(context=context or tls_context(None)),
+        _BoundedHTTPHandler(deadline),
+        _BoundedHTTPSHandler(deadline, context or tls_context(None)),
     ]
-    if (parts.hostname or "").lower() in _LOOPBACK:
+    if is_loopback_host(urllib.parse.urlsplit(url).hostname):
         handlers.append(urllib.request.ProxyHandler({}))  # a proxy never serves the loopback
     opener = urllib.request.build_opener(*handlers)
     try:
         with opener.open(request, timeout=timeout) as response:
             length = response.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) > max_bytes:
-                raise FetchError(f"{url} announces {length} octets, more than {max_bytes}")
-            body = _read_bounded(response.read1, max_bytes, deadline, url)
+                raise FetchError(f"{shown} announces {length} octets, more than {max_bytes}")
+            body = _read_bounded(response.read1, max_bytes, deadline.at, shown)
+            if deadline.expired:  # the watchdog cut the connection: the body may be short
+                raise _too_slow(shown, timeout)
+            if length is not None and length.isdigit() and len(body) != int(length):
+                raise FetchError(f"{shown}: {len(body)} octets received of the {length} announced")
             return Download(body, *_validators(response.headers))
     except urllib.error.HTTPError as exc:
         with contextlib.closing(exc):
             if exc.code == 304:
                 return Download(None, *_validators(exc.headers))
-            raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, ssl.SSLCertVerificationError):
-            raise FetchError(
-                f"{url}: server certificate refused ({reason.verify_message})"
-            ) from None
-        raise FetchError(f"{url}: {reason}") from None
-    except ssl.SSLError as exc:
-        raise FetchError(f"{url}: TLS error ({exc.reason or exc})") from None
-    except TimeoutError:
-        raise FetchError(f"{url}: no answer within {timeout:g} s (whitelist.timeout)") from None
-    except (OSError, ValueError) as exc:
-        raise FetchError(f"{url}: {type(exc).__name__}: {exc}") from None
+            raise FetchError(f"{shown}: HTTP {exc.code} {exc.reason}") from None
+    except FetchError:
+        raise
+    except Exception as exc:
+        if deadline.expired or isinstance(exc, TimeoutError):
+            raise _too_slow(shown, timeout) from None
+        if isinstance(exc, urllib.error.URLError):
+            reason = exc.reason
+            if isinstance(reason, FetchError):
+                raise reason from None
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise FetchError(
+                    f"{shown}: server certificate refused ({reason.verify_message})"
+                ) from None
+            if isinstance(reason, TimeoutError):
+                raise _too_slow(shown, timeout) from None
+            raise FetchError(f"{shown}: {reason}") from None
+        if isinstance(exc, ssl.SSLError):
+            raise FetchError(f"{shown}: TLS error ({exc.reason or exc})") from None
+        if isinstance(exc, (OSError, ValueError, http.client.HTTPException)):
+            raise FetchError(f"{shown}: {type(exc).__name__}: {exc}") from None
+        raise
 
 
 def _validators(headers: Message) -> tuple[str | None, str | None]:
@@ -342,21 +586,25 @@ class WhitelistKeeper:
                 await self._adopt(document.content)
         return self._current is not None
 
-    async def _adopt(self, content: bytes) -> None:
+    async def _adopt(self, content: bytes, *, accept_older: bool = False) -> None:
         sha = hashlib.sha256(content).hexdigest()
         if sha in (self._sha256, self._passed_over):
             return
         try:
             # The copy was validated when it was stored; min_entries may have been raised since,
-            # but a stored copy beats none.
+            # but a stored copy beats none. An empty one never does (parse_whitelist wants 1).
             # In a thread: ~0.3 s for the real list, the MX's event loop must not wait for it.
-            whitelist = await asyncio.to_thread(parse_whitelist, content, min_entries=0)
+            whitelist = await asyncio.to_thread(parse_whitelist, content, min_entries=1)
         except WhitelistError as exc:
             self._passed_over = sha
             log.error("the whitelist copy in the store is unusable (%s); not loaded", exc.reason)
             return
         current = self._current
-        if current is not None and whitelist.generated_at < current.generated_at:
+        if (
+            not accept_older
+            and current is not None
+            and whitelist.generated_at < current.generated_at
+        ):
             self._passed_over = sha
             return
         self._install(whitelist, sha)
@@ -382,32 +630,46 @@ class WhitelistKeeper:
         if isinstance(stored_sha, str) and stored_sha not in (self._sha256, self._passed_over):
             stored_generated = _meta_time(meta, "generated_at")
             current = self._current
-            if current is None or (
-                stored_generated is not None and stored_generated >= current.generated_at
+            # A copy stored without the monotonic check (--force, or another URL) replaces
+            # ours even if older: the operator chose it for every process.
+            overridden = meta.get("overridden") is True
+            if (
+                current is None
+                or overridden
+                or (stored_generated is not None and stored_generated >= current.generated_at)
             ):
                 full = await self._store.load_document(DOCUMENT)
                 if full is not None and full.content is not None:
-                    await self._adopt(full.content)
+                    await self._adopt(full.content, accept_older=overridden)
         return meta
 
     # -- refresh ----------------------------------------------------------------------------------
 
-    async def refresh(self, *, force: bool = False) -> RefreshResult:
-        """One refresh: download if due (always when ``force``), validate, store, swap."""
+    async def refresh(self, *, force: bool = False, override: bool = False) -> RefreshResult:
+        """One refresh: download if due (always when ``force``), validate, store, swap.
+
+        ``override`` (``colombe whitelist fetch --force``) accepts a valid list that is older
+        than the copy in use or has fewer than half its entries; never one that is invalid,
+        empty, below ``min_entries`` or dated in the future."""
         async with self._refresh_lock:
-            result = await self._refresh(force)
+            result = await self._refresh(force, override)
         self.results[result.outcome.value] += 1
         return result
+
+    @property
+    def _shown_url(self) -> str:
+        """``settings.url`` as stored and shown (no user, password or query)."""
+        return redact_url(self.settings.url)
 
     def _checked_recently(self, meta: dict[str, Any], now: datetime) -> bool:
         checked = _meta_time(meta, "checked_at")
         return (
             checked is not None
-            and meta.get("url") == self.settings.url
+            and meta.get("url") == self._shown_url
             and timedelta(0) <= now - checked < timedelta(seconds=self.settings.refresh_interval)
         )
 
-    async def _refresh(self, force: bool) -> RefreshResult:
+    async def _refresh(self, force: bool, override: bool) -> RefreshResult:
         meta = await self._sync_from_store()
         if not self.settings.url:
             return RefreshResult(
@@ -424,23 +686,23 @@ class WhitelistKeeper:
             meta = await self._sync_from_store()
             if not force and self._current is not None and self._checked_recently(meta, now):
                 return RefreshResult(Outcome.SKIPPED, f"checked at {meta.get('checked_at')}")
-            return await self._download_and_install(meta)
+            return await self._download_and_install(meta, override)
         finally:
             await self._store.release_lease(LEASE, self._holder)
 
-    async def _download_and_install(self, meta: dict[str, Any]) -> RefreshResult:
+    async def _download_and_install(self, meta: dict[str, Any], override: bool) -> RefreshResult:
         settings = self.settings
+        shown_url = self._shown_url
         # Conditional only for the copy we actually hold, fetched from the same URL.
         ours = self._current is not None and meta.get("sha256") == self._sha256
-        same_url = meta.get("url") == settings.url
+        same_url = meta.get("url") == shown_url
         etag = meta.get("etag") if ours and same_url else None
         last_modified = meta.get("last_modified") if ours and same_url else None
-        if settings.url.lower().startswith("http://"):
-            log.warning("whitelist.url is plain http: anyone on the path can alter the list")
 
         def get() -> Download:
             context = None
-            if settings.url.lower().startswith("https://"):
+            # For http:// too: a redirect to https:// is verified against ca_file as well.
+            if urllib.parse.urlsplit(settings.url).scheme.lower() in ("http", "https"):
                 context = tls_context(settings.ca_file)
             return download(
                 settings.url,
@@ -458,7 +720,7 @@ class WhitelistKeeper:
         now = self._now()
         confirmed = {
             **meta,
-            "url": settings.url,
+            "url": shown_url,
             "checked_at": _iso(now),
             "attempted_at": _iso(now),
             "last_error": None,
@@ -480,16 +742,13 @@ class WhitelistKeeper:
             )
         except WhitelistError as exc:
             return await self._failed(meta, Outcome.REJECTED, f"refused: {exc.reason}")
-        previous = [t for t in (_meta_time(meta, "generated_at"),) if t is not None]
-        if self._current is not None:
-            previous.append(self._current.generated_at)
-        if previous and whitelist.generated_at < max(previous):
-            return await self._failed(
-                meta,
-                Outcome.REJECTED,
-                f"refused: generated {_iso(whitelist.generated_at)}, before the copy in use "
-                f"({_iso(max(previous))})",
-            )
+        refusal = self._refusal(whitelist, meta, now, override)
+        if refusal is not None:
+            return await self._failed(meta, Outcome.REJECTED, f"refused: {refusal}")
+        # Installed without the monotonic check: other processes must take it even if older.
+        overridden = override or meta.get("url") not in (None, shown_url)
+        if override:
+            log.warning("whitelist: installed with --force (older or shorter lists accepted)")
         sha = hashlib.sha256(answer.content).hexdigest()
         stored = {
             **confirmed,
@@ -501,6 +760,7 @@ class WhitelistKeeper:
             "entries": len(whitelist.entries),
             "domains": whitelist.domain_count,
             "dns": whitelist.dn_count,
+            "overridden": overridden,
         }
         # Stored first: if the store refuses, this process keeps the old copy like the others.
         await self._store.save_document(DOCUMENT, answer.content, stored)
@@ -525,6 +785,45 @@ class WhitelistKeeper:
             f"{len(whitelist.entries)} entries, {whitelist.domain_count} domains, "
             f"{whitelist.dn_count} DNs, generated {_iso(whitelist.generated_at)}",
         )
+
+    def _refusal(
+        self, whitelist: Whitelist, meta: dict[str, Any], now: datetime, override: bool
+    ) -> str | None:
+        """Why the valid list ``whitelist`` must not replace the copy in use, or None."""
+        latest = now + FUTURE_TOLERANCE
+        if whitelist.generated_at > latest:
+            return (
+                f"generated {_iso(whitelist.generated_at)}, in the future (more than "
+                f"{FUTURE_TOLERANCE.days} day after now, {_iso(now)})"
+            )
+        if override:
+            return None
+        current = self._current
+        if current is not None and 2 * len(whitelist.entries) < len(current.entries):
+            return (
+                f"{len(whitelist.entries)} usable entries, fewer than half of the "
+                f"{len(current.entries)} of the copy in use (truncated or emptied?); "
+                "`colombe whitelist fetch --force` accepts it"
+            )
+        # DateDeGeneration never goes back, compared with copies from the same URL only (the
+        # operator who changes the URL chooses another source), and never with a date in the
+        # future: such a copy was wrongly accepted once and must not freeze the list.
+        if meta.get("url") not in (None, self._shown_url):
+            return None
+        previous = [
+            t
+            for t in (
+                _meta_time(meta, "generated_at"),
+                current.generated_at if current is not None else None,
+            )
+            if t is not None and t <= latest
+        ]
+        if previous and whitelist.generated_at < max(previous):
+            return (
+                f"generated {_iso(whitelist.generated_at)}, before the copy in use "
+                f"({_iso(max(previous))}); `colombe whitelist fetch --force` accepts it"
+            )
+        return None
 
     async def _failed(self, meta: dict[str, Any], outcome: Outcome, error: str) -> RefreshResult:
         kept = (
@@ -552,7 +851,7 @@ class WhitelistKeeper:
         age = (self._now() - checked).total_seconds() if checked is not None else None
         last_error = meta.get("last_error")
         return WhitelistStatus(
-            url=self.settings.url,
+            url=self._shown_url,
             loaded=current is not None,
             generated_at=current.generated_at if current is not None else None,
             entries=len(current.entries) if current is not None else 0,

@@ -395,6 +395,14 @@ class DistinguishedName:
         """Parse an RFC 4514 (or RFC 1779-style) string, XML entities included.
 
         Raises :class:`DNSyntaxError` naming the position (in ``text``) and the problem.
+
+        Complete XML character and entity references are decoded before the DN syntax is read,
+        so ``&#44;`` becomes a ``,`` separator and ``&#43;`` a ``+``. That is right for the
+        whitelist file (its DNs are XML text, sometimes escaped twice) and for DNs an operator
+        types, but a trap for a peer's certificate subject: a value containing ``&#44;CN=x``
+        would split into RDNs of the attacker's choosing. Take peer DNs from the certificate as
+        an ``x509.Name`` (:meth:`from_x509`, or pass the ``x509.Name`` to the whitelist lookups),
+        never as a string parsed here.
         """
         if len(text) > MAX_DN_CHARS:
             raise DNSyntaxError(f"DN of {len(text)} characters (limit {MAX_DN_CHARS})")

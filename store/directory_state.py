@@ -12,7 +12,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, literal, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.database import Database
 from store.errors import DomainNotFound, InvalidInput
@@ -60,14 +62,42 @@ class PublicationOutcome:
 
 @dataclass(frozen=True, slots=True)
 class PublicationFailure:
+    """Publishing ``revision`` of a BAL failed with ``error``: retry after ``retry_in``; None: the
+    directory as a whole was unavailable (an outage), which the publisher backs off from globally:
+    the error is noted but the BAL's own attempts and retry time are left as they are, so that
+    everything pending goes at once when the directory is back."""
+
     bal_id: int
+    revision: int
     error: str
-    retry_in: timedelta
+    retry_in: timedelta | None
 
 
 MAX_ERROR_CHARS = 2000
 # Rows per statement of the batch methods (well under SQLite's and asyncpg's parameter limits).
 _BATCH = 500
+
+
+async def _database_now(conn: AsyncConnection) -> datetime:
+    """The database's clock (aware, UTC): what leases compare against, so that the hosts of a
+    cluster, whose clocks may differ, agree on when a lease expires. Read once and then bound like
+    any other timestamp, so that comparisons go through the same column type on both engines
+    (SQLite keeps naive UTC text, PostgreSQL timestamptz)."""
+    if conn.dialect.name == "sqlite":
+        # Same host as the process, but with the same text form as the columns' (CURRENT_TIMESTAMP
+        # has no fraction of a second).
+        text = (await conn.execute(select(func.strftime("%Y-%m-%d %H:%M:%f", "now")))).scalar_one()
+        return datetime.fromisoformat(text).replace(tzinfo=UTC)
+    value = (await conn.execute(select(func.now()))).scalar_one()
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _upsert(conn: AsyncConnection, table: Any) -> Any:
+    """INSERT ... ON CONFLICT for the connection's engine (both have the same API)."""
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    return postgresql.insert(table)
 
 
 def _publication(row: Row[Any]) -> PublicationState:
@@ -110,16 +140,16 @@ class DirectoryStateStore:
             raise InvalidInput(f"document {name!r} larger than {MAX_DOCUMENT_BYTES} octets")
         now = _now()
         async with self.db.writer.begin() as conn:
-            values: dict[str, Any] = {"meta": meta, "updated_at": now}
-            if content is not None:
-                values["content"] = content
-            changed = await conn.execute(
-                update(documents).where(documents.c.name == name).values(**values)
+            # One statement: two processes saving the same new document at once both succeed.
+            stmt = _upsert(conn, documents).values(
+                name=name, content=content, meta=meta, updated_at=now
             )
-            if changed.rowcount == 0:
-                await conn.execute(
-                    insert(documents).values(name=name, content=content, meta=meta, updated_at=now)
-                )
+            replace: dict[str, Any] = {"meta": stmt.excluded.meta, "updated_at": now}
+            if content is not None:
+                replace["content"] = stmt.excluded.content
+            await conn.execute(
+                stmt.on_conflict_do_update(index_elements=[documents.c.name], set_=replace)
+            )
             row = (await conn.execute(select(documents).where(documents.c.name == name))).one()
         return Document(row.name, row.content, row.meta, row.updated_at)
 
@@ -141,27 +171,20 @@ class DirectoryStateStore:
         True if ``holder`` holds it now; False if another holder's lease has not expired. One
         process of a cluster runs the directory publisher, whichever holds the lease.
         """
-        now = _now()
         async with self.db.writer.begin() as conn:
+            # The database's clock, not this host's: see _database_now.
+            now = await _database_now(conn)
+            # One statement (no update-then-insert): of two processes creating the lease at once,
+            # one gets it and the other False, never an IntegrityError.
+            stmt = _upsert(conn, leases).values(name=name, holder=holder, expires_at=now + ttl)
             taken = await conn.execute(
-                update(leases)
-                .where(
-                    leases.c.name == name,
-                    or_(leases.c.holder == holder, leases.c.expires_at < now),
+                stmt.on_conflict_do_update(
+                    index_elements=[leases.c.name],
+                    set_={"holder": stmt.excluded.holder, "expires_at": stmt.excluded.expires_at},
+                    where=or_(leases.c.holder == holder, leases.c.expires_at < now),
                 )
-                .values(holder=holder, expires_at=now + ttl)
             )
-            if taken.rowcount:
-                return True
-            exists = (
-                await conn.execute(select(leases.c.holder).where(leases.c.name == name))
-            ).first()
-            if exists is not None:
-                return False
-            await conn.execute(
-                insert(leases).values(name=name, holder=holder, expires_at=now + ttl)
-            )
-            return True
+            return bool(taken.rowcount)
 
     async def release_lease(self, name: str, holder: str) -> None:
         async with self.db.writer.begin() as conn:
@@ -210,7 +233,11 @@ class DirectoryStateStore:
         async with self.db.writer.begin() as conn:
             await conn.execute(
                 update(directory_publication)
-                .where(directory_publication.c.bal_id == bal_id)
+                .where(
+                    directory_publication.c.bal_id == bal_id,
+                    # Never backwards: an older outcome recorded late does not undo a newer one.
+                    directory_publication.c.published_revision <= revision,
+                )
                 .values(
                     published_revision=revision,
                     state=state,
@@ -240,7 +267,10 @@ class DirectoryStateStore:
         now = _now()
         record = (
             update(directory_publication)
-            .where(directory_publication.c.bal_id == bindparam("b_id"))
+            .where(
+                directory_publication.c.bal_id == bindparam("b_id"),
+                directory_publication.c.published_revision <= bindparam("b_revision"),
+            )
             .values(
                 published_revision=bindparam("b_revision"),
                 state=bindparam("b_state"),
@@ -272,35 +302,74 @@ class DirectoryStateStore:
                 )
 
     async def record_publication_failure(
-        self, bal_id: int, error: str, *, retry_in: timedelta
+        self, bal_id: int, revision: int, error: str, *, retry_in: timedelta | None
     ) -> None:
-        """Publishing failed: keep it pending, note the error, try again after ``retry_in``."""
-        await self.record_publication_failures([PublicationFailure(bal_id, error, retry_in)])
+        """Publishing ``revision`` failed: keep it pending, note the error, try again after
+        ``retry_in`` (None: the directory is unavailable; see :class:`PublicationFailure`)."""
+        await self.record_publication_failures(
+            [PublicationFailure(bal_id, revision, error, retry_in)]
+        )
 
     async def record_publication_failures(self, failures: Sequence[PublicationFailure]) -> None:
         """Publishing these BALs failed: state ``error``, one more attempt, retried after each one's
         ``retry_in``. They are (re)marked pending: a failure found by the full reconciliation on a
-        BAL published long ago must be retried by the incremental loop too."""
+        BAL published long ago must be retried by the incremental loop too.
+
+        Only where the failed revision is still the one wanted: a failure of an older revision
+        (the BAL changed meanwhile) notes its error but does not delay the newer change. An outage
+        (``retry_in`` None) notes the error without counting an attempt or moving the retry time.
+        """
         now = _now()
-        stmt = (
-            update(directory_publication)
-            .where(directory_publication.c.bal_id == bindparam("b_id"))
+        table = directory_publication
+        current = (
+            table.c.bal_id == bindparam("b_id"),
+            table.c.wanted_revision == bindparam("b_revision"),
+        )
+        backoff = (
+            update(table)
+            .where(*current)
             .values(
                 state="error",
                 pending=True,
-                attempts=directory_publication.c.attempts + 1,
+                attempts=table.c.attempts + 1,
                 last_error=bindparam("b_error"),
                 last_attempt_at=now,
                 next_attempt_at=bindparam("b_next"),
             )
         )
+        outage = (
+            update(table)
+            .where(*current)
+            .values(
+                state="error", pending=True, last_error=bindparam("b_error"), last_attempt_at=now
+            )
+        )
+        stale = (
+            update(table)
+            .where(
+                table.c.bal_id == bindparam("b_id"),
+                table.c.wanted_revision != bindparam("b_revision"),
+            )
+            .values(pending=True, last_error=bindparam("b_error"), last_attempt_at=now)
+        )
         for start in range(0, len(failures), _BATCH):
+            chunk = failures[start : start + _BATCH]
             params = [
-                {"b_id": f.bal_id, "b_error": f.error[:MAX_ERROR_CHARS], "b_next": now + f.retry_in}
-                for f in failures[start : start + _BATCH]
+                {"b_id": f.bal_id, "b_revision": f.revision, "b_error": f.error[:MAX_ERROR_CHARS]}
+                for f in chunk
             ]
+            timed = [
+                {**p, "b_next": now + f.retry_in}
+                for p, f in zip(params, chunk, strict=True)
+                if f.retry_in is not None
+            ]
+            untimed = [p for p, f in zip(params, chunk, strict=True) if f.retry_in is None]
             async with self.db.writer.begin() as conn:
-                await conn.execute(stmt, params)
+                if timed:
+                    await conn.execute(backoff, timed)
+                if untimed:
+                    await conn.execute(outage, untimed)
+                await conn.execute(stale, params)
 
     async def publication_page(
         self, *, after_id: int = 0, limit: int = 1000

@@ -6,10 +6,15 @@ reconciliation repairing what was changed behind our back."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
-from directory.publisher import LdapSettings, Publisher, RetryPolicy
+import pytest
+
+from directory.ldap_entry import Attributes
+from directory.publisher import LEASE, LdapSettings, LeaseLost, Publisher, RetryPolicy
 from store import BalStatus, BalType, Store
 from tests.directory.slapd import PUBLISHER_DN, PUBLISHER_PASSWORD, Slapd
 
@@ -240,7 +245,7 @@ async def test_a_bal_changed_while_the_directory_is_down_is_published_once_it_is
 
         async def failed() -> bool:
             (state,) = await store.publication_states(addresses=[DOCTOR])
-            return state.state == "error" and state.attempts >= 1
+            return state.state == "error"
 
         await eventually(failed)
         (state,) = await store.publication_states(addresses=[DOCTOR], only_problems=True)
@@ -249,6 +254,10 @@ async def test_a_bal_changed_while_the_directory_is_down_is_published_once_it_is
         assert "cannot reach localhost" in state.last_error
         assert PUBLISHER_PASSWORD not in state.last_error
         assert (state.published_revision, state.revision) == (1, 2)
+        # An outage is backed off by the publisher as a whole, not BAL by BAL: nothing pushes
+        # this BAL's retry time away, it goes as soon as the directory is back.
+        assert state.attempts == 0
+        assert state.next_attempt_at <= datetime.now(UTC)
 
         own_slapd.start()
         await eventually(lambda: published(DOCTOR, "Dr Jean Dupont-Martin"))
@@ -361,3 +370,263 @@ def test_backoff_doubles_from_retry_min_up_to_retry_max() -> None:
         3600,
     ]
     assert policy.delay(10_000).total_seconds() == 3600
+
+
+# -- only entries of ours, never a mass deletion ------------------------------------------------
+
+OTHER = "clinique-voisine.mssante.fr"  # another operator's domain, in the same branch
+
+
+def _bal_entry(address: str) -> tuple[list[str], dict[str, str]]:
+    return ["mssBal"], {
+        "mail": address,
+        "mssBalType": "PER",
+        "mssListeRouge": "FALSE",
+        "mssRank": "1",
+    }
+
+
+def _add_entries(slapd: Slapd, base: str, addresses: list[str]) -> None:
+    with slapd.admin() as admin:
+        for address in addresses:
+            classes, attrs = _bal_entry(address)
+            assert admin.add(f"mail={address},{base}", classes, attrs), admin.result
+
+
+async def test_a_full_reconciliation_of_an_empty_store_deletes_no_foreign_domain_entry(
+    store: Store, slapd: Slapd, ldap_base: str
+) -> None:
+    others = [f"dr{i}@{OTHER}" for i in range(3)]
+    _add_entries(slapd, ldap_base, others)
+    p = publisher(store, slapd, ldap_base)
+    try:
+        report = await p.reconcile_full()
+    finally:
+        await p.close()
+    assert (report.deleted, report.foreign, report.error) == (0, 3, None)
+    assert set(await entries(slapd, ldap_base)) == set(others)
+
+
+async def test_a_full_reconciliation_leaves_entries_of_unhosted_domains_alone(
+    store: Store, slapd: Slapd, ldap_base: str
+) -> None:
+    await hospital(store)
+    _add_entries(slapd, ldap_base, [f"dr@{OTHER}", f"stray@{HOPITAL}"])
+    with slapd.admin() as admin:
+        # An mssBal entry not named mail=<address>: no address to tell whose it is.
+        classes, attrs = _bal_entry(f"cn@{HOPITAL}")
+        assert admin.add(
+            f"mssDisplayName=unnamed,{ldap_base}", classes, {**attrs, "mssDisplayName": "unnamed"}
+        ), admin.result
+    p = publisher(store, slapd, ldap_base)
+    try:
+        report = await p.reconcile_full()
+    finally:
+        await p.close()
+    assert (report.added, report.deleted, report.foreign, report.error) == (2, 1, 2, None)
+    found = await entries(slapd, ldap_base)
+    assert f"stray@{HOPITAL}" not in found
+    assert f"dr@{OTHER}" in found
+    assert f"cn@{HOPITAL}" in found
+
+
+async def test_a_full_reconciliation_refuses_a_mass_deletion_unless_allowed(
+    store: Store, slapd: Slapd, ldap_base: str
+) -> None:
+    await hospital(store)
+    strays = [f"stray{i}@{HOPITAL}" for i in range(12)]
+    p = publisher(store, slapd, ldap_base)
+    try:
+        await p.publish_due()
+        _add_entries(slapd, ldap_base, strays)
+        report = await p.reconcile_full()
+        assert report.deleted == 0
+        assert report.error is not None
+        assert "refusing to delete 12 of our 14 entries" in report.error
+        assert "--allow-mass-delete" in report.error
+        assert set(strays) <= set(await entries(slapd, ldap_base))
+        document = await store.load_document("directory-publication", with_content=False)
+        assert document is not None
+        assert "refusing" in document.meta["last_full"]["error"]
+
+        report = await p.reconcile_full(allow_mass_delete=True)
+        assert (report.deleted, report.error) == (12, None)
+        assert set(await entries(slapd, ldap_base)) == {DOCTOR, CARDIO}
+    finally:
+        await p.close()
+
+
+async def test_a_store_without_bals_deletes_none_of_our_entries_unless_allowed(
+    store: Store, slapd: Slapd, ldap_base: str
+) -> None:
+    await store.add_domain(HOPITAL)
+    _add_entries(slapd, ldap_base, [DOCTOR])
+    p = publisher(store, slapd, ldap_base)
+    try:
+        report = await p.reconcile_full()
+        assert report.deleted == 0
+        assert report.error is not None
+        assert "holds no BAL" in report.error
+        assert DOCTOR in await entries(slapd, ldap_base)
+        report = await p.reconcile_full(allow_mass_delete=True)
+        assert (report.deleted, report.error) == (1, None)
+    finally:
+        await p.close()
+
+
+async def test_a_foreign_entry_at_our_bals_dn_is_an_error_and_left_alone(
+    store: Store, slapd: Slapd, ldap_base: str
+) -> None:
+    await hospital(store)
+    with slapd.admin() as admin:
+        for address in (DOCTOR, SECRET):
+            assert admin.add(
+                f"mail={address},{ldap_base}",
+                ["organizationalRole", "extensibleObject"],
+                {"mail": address, "cn": "someone else"},
+            ), admin.result
+    p = publisher(store, slapd, ldap_base)
+    try:
+        report = await p.publish_due()
+        assert (report.added, report.failed) == (1, 2)
+        failures = dict(report.errors)
+        assert failures[DOCTOR] == (
+            f"a foreign entry occupies mail={DOCTOR},{ldap_base} (not objectClass mssBal): "
+            "left alone"
+        )
+        assert "a foreign entry occupies" in failures[SECRET]
+        found = await entries(slapd, ldap_base)
+        assert found[DOCTOR]["objectClass"] == ["organizationalRole", "extensibleObject"]
+        assert found[SECRET]["objectClass"] == ["organizationalRole", "extensibleObject"]
+        (state,) = await store.publication_states(addresses=[DOCTOR])
+        assert state.state == "error"
+        assert state.last_error is not None
+        assert "a foreign entry occupies" in state.last_error
+
+        # The full reconciliation leaves them alone too.
+        report = await p.reconcile_full()
+        assert (report.deleted, report.modified, report.failed) == (0, 0, 2)
+        found = await entries(slapd, ldap_base)
+        assert found[DOCTOR]["objectClass"] == ["organizationalRole", "extensibleObject"]
+        assert found[SECRET]["objectClass"] == ["organizationalRole", "extensibleObject"]
+    finally:
+        await p.close()
+
+
+# -- the lease: one publisher at a time ----------------------------------------------------------
+
+
+def _slow_adds(p: Publisher, seconds: float) -> threading.Event:
+    """Every LDAP add of ``p`` takes ``seconds`` longer; the event is set at the first one."""
+    started = threading.Event()
+    add = p._client.add
+
+    def slow_add(dn: str, attributes: Attributes) -> bool:
+        started.set()
+        time.sleep(seconds)
+        return add(dn, attributes)
+
+    p._client.add = slow_add  # type: ignore[method-assign]
+    return started
+
+
+async def test_the_lease_of_a_live_publisher_is_renewed_past_its_ttl_during_a_long_batch(
+    store: Store, slapd: Slapd, ldap_base: str
+) -> None:
+    await store.add_domain(HOPITAL)
+    addresses = [f"dr{i}@{HOPITAL}" for i in range(6)]
+    for address in addresses:
+        await store.create_bal(address, display_name="Dr X")
+    p = Publisher(
+        store, settings(slapd, ldap_base), poll_interval=60, full_interval=3600, lease_ttl=1.0
+    )
+    _slow_adds(p, 0.4)  # one batch of ~2.4 s: more than twice the TTL
+    taken_over: list[bool] = []
+
+    async def intruder() -> None:
+        while True:
+            taken_over.append(await store.acquire_lease(LEASE, "intruder", timedelta(seconds=1)))
+            await asyncio.sleep(0.1)
+
+    try:
+        assert await p.take_lease()
+        watcher = asyncio.create_task(intruder())
+        try:
+            report = await p.publish_due()
+        finally:
+            watcher.cancel()
+    finally:
+        await p.close()
+    assert (report.added, report.error) == (6, None)
+    assert len(taken_over) > 15
+    assert not any(taken_over)
+
+
+async def test_no_batch_is_published_without_the_lease(
+    store: Store, slapd: Slapd, ldap_base: str
+) -> None:
+    await hospital(store)
+    p = publisher(store, slapd, ldap_base)
+    try:
+        assert await store.acquire_lease(LEASE, "someone-else", timedelta(minutes=5))
+        with pytest.raises(LeaseLost):
+            await p.publish_due()
+        report = await p.reconcile_full()
+        assert report.lease_lost
+        # The holder's reconciliation state is not overwritten by a process without the lease.
+        assert await store.load_document("directory-publication") is None
+    finally:
+        await p.close()
+    assert await entries(slapd, ldap_base) == {}
+
+
+async def test_a_publisher_that_loses_its_lease_stops_between_ldap_operations(
+    store: Store, slapd: Slapd, ldap_base: str
+) -> None:
+    await store.add_domain(HOPITAL)
+    addresses = [f"dr{i}@{HOPITAL}" for i in range(10)]
+    for address in addresses:
+        await store.create_bal(address, display_name="Dr X")
+    p = Publisher(
+        store, settings(slapd, ldap_base), poll_interval=60, full_interval=3600, lease_ttl=1.5
+    )
+    started = _slow_adds(p, 0.3)
+    try:
+        assert await p.take_lease()
+        publishing = asyncio.create_task(p.publish_due())
+        await asyncio.to_thread(started.wait, 5)
+        # Another process takes over (as if our lease had expired).
+        async with store.db.writer.begin() as conn:
+            from sqlalchemy import text
+
+            await conn.execute(text("UPDATE leases SET holder = 'other'"))
+        with pytest.raises(LeaseLost):
+            await publishing
+    finally:
+        await p.close()
+    published = len(await entries(slapd, ldap_base))
+    assert 0 < published < len(addresses)
+    # What was not published stays pending, without an error of its own.
+    pending = [s for s in await store.publication_states() if s.pending]
+    assert len(pending) == len(addresses) - published
+    assert all(s.state == "pending" for s in pending)
+    # The lease is not ours: close() did not release someone else's.
+    assert not await store.acquire_lease(LEASE, "third", timedelta(minutes=1))
+
+
+async def test_close_releases_the_lease_only_after_the_worker_stopped(
+    store: Store, slapd: Slapd, ldap_base: str
+) -> None:
+    await store.add_domain(HOPITAL)
+    for i in range(10):
+        await store.create_bal(f"dr{i}@{HOPITAL}", display_name="Dr X")
+    p = publisher(store, slapd, ldap_base)
+    started = _slow_adds(p, 0.3)
+    await p.start()
+    await asyncio.to_thread(started.wait, 10)
+    await p.stop()  # the loop cancelled mid-batch; the worker stops at its next operation
+    settled = len(await entries(slapd, ldap_base))
+    assert await store.acquire_lease(LEASE, "next", timedelta(minutes=1))
+    await asyncio.sleep(1.0)
+    # Nothing was written after the lease was released.
+    assert len(await entries(slapd, ldap_base)) == settled < 10

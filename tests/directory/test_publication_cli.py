@@ -9,10 +9,18 @@ import json
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from colombe.config import ConfigError, load_config
+from colombe.cli import main
+from colombe.config import ConfigError, PublicationSection, load_config
 from colombe.publication import ldap_settings, publisher_component
-from directory.publisher import LdapSettings, PublicationConfigError
+from directory.publisher import (
+    LdapSettings,
+    LeaseLost,
+    PassReport,
+    PublicationConfigError,
+    Publisher,
+)
 from store import BalType, Store
 from tests.colombe.processes import run
 from tests.directory.slapd import PUBLISHER_DN, PUBLISHER_PASSWORD, Slapd
@@ -174,6 +182,55 @@ def test_publish_and_status_from_the_command_line(
     assert "invalidCredentials" in refused.stderr + refused.stdout
     problems = json.loads(run(*cli, "status", "--problems", "--json", cwd=tmp_path).stdout)
     (bal,) = problems["bals"]
-    assert (bal["address"], bal["state"], bal["attempts"]) == (DOCTOR, "error", 1)
+    # Refused as a whole (bind): an outage, backed off by the publisher, not counted per BAL.
+    assert (bal["address"], bal["state"], bal["attempts"]) == (DOCTOR, "error", 0)
     assert (bal["published_revision"], bal["revision"]) == (1, 2)
     assert "invalidCredentials" in bal["last_error"]
+
+
+def test_the_bind_password_is_not_in_the_configurations_repr() -> None:
+    assert "s3cret-value" not in repr(PublicationSection(bind_password="s3cret-value"))
+
+
+def _publishing_config(tmp_path: Path) -> Path:
+    return _config(
+        tmp_path,
+        'url = "ldaps://annuaire.example"\nbase_dn = "ou=x,dc=y"\nbind_dn = "cn=z,dc=y"\n'
+        'bind_password = "pw"\n',
+    )
+
+
+def test_a_lease_lost_during_publish_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def lost(self: Publisher, **_: object) -> PassReport:
+        raise LeaseLost("another process took the directory publisher lease")
+
+    monkeypatch.setattr(Publisher, "publish_due", lost)
+    config = _publishing_config(tmp_path)
+    done = CliRunner().invoke(main, ["--config", str(config), "directory", "publish"])
+    assert done.exit_code == 1, done.output
+    assert done.output == "Error: stopped: another process took the directory publisher lease\n"
+    assert done.exception is None or isinstance(done.exception, SystemExit)
+
+
+def test_allow_mass_delete_is_passed_to_the_full_reconciliation_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[bool] = []
+
+    async def full(self: Publisher, *, allow_mass_delete: bool = False, **_: object) -> PassReport:
+        seen.append(allow_mass_delete)
+        return PassReport("full")
+
+    monkeypatch.setattr(Publisher, "reconcile_full", full)
+    config = _publishing_config(tmp_path)
+    cli = ["--config", str(config), "directory", "publish"]
+    runner = CliRunner()
+    assert runner.invoke(main, [*cli, "--full"]).exit_code == 0
+    done = runner.invoke(main, [*cli, "--full", "--allow-mass-delete"])
+    assert done.exit_code == 0, done.output
+    assert seen == [False, True]
+    done = runner.invoke(main, [*cli, "--allow-mass-delete"])
+    assert done.exit_code == 2
+    assert "--allow-mass-delete goes with --full" in done.output

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -24,13 +27,19 @@ from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry, generate_latest
 
 from colombe.admin import AdminServer
-from colombe.whitelist import WhitelistCollector, WhitelistComponent
+from colombe.config import Config, WhitelistSection
+from colombe.whitelist import WhitelistCollector, WhitelistComponent, settings_from_config
+from colombe.whitelist import whitelist as whitelist_cli
 from directory.whitelist_fetch import (
     DOCUMENT,
     LEASE,
+    FetchError,
     Outcome,
     WhitelistKeeper,
     WhitelistSettings,
+    download,
+    is_loopback_host,
+    tls_context,
 )
 from pki.testpki import TestPki
 from store import Store
@@ -50,6 +59,7 @@ class WhitelistServer:
         self.last_modified: str | None = None
         self.status: int | None = None  # answer this status instead of the file
         self.drip = 0.0  # seconds between octets (a server that dribbles)
+        self.drip_head = 0.0  # seconds between octets of the status line and headers
         self.requests: list[dict[str, str]] = []
         server = self
 
@@ -59,8 +69,11 @@ class WhitelistServer:
                 if server.status is not None:
                     self.send_error(server.status)
                     return
-                if self.path != PATH:
+                if self.path.partition("?")[0] != PATH:
                     self.send_error(404)
+                    return
+                if server.drip_head:
+                    drip_head(self.wfile, server.drip_head)
                     return
                 # RFC 9110 §13.2.2: If-None-Match first; If-Modified-Since only without it.
                 match = self.headers.get("If-None-Match")
@@ -124,6 +137,83 @@ class WhitelistServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
+
+
+def drip_head(wfile: Any, pause: float) -> None:
+    """A status line and headers sent one octet every ``pause`` seconds (for a minute at most)."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nX-Padding: " + b"x" * 300
+    started = time.monotonic()
+    for octet in head:
+        if time.monotonic() - started > 60:
+            break
+        try:
+            wfile.write(bytes([octet]))
+            wfile.flush()
+        except OSError:
+            return  # the client gave up: the point
+        time.sleep(pause)
+
+
+class PlainServer:
+    """A plain http:// server on 127.0.0.1: redirects to ``location``, or drips its headers."""
+
+    def __init__(self) -> None:
+        self.location: str | None = None
+        self.drip_head = 0.0
+        self.requests = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests += 1
+                if server.drip_head:
+                    drip_head(self.wfile, server.drip_head)
+                    return
+                self.send_response(302)
+                self.send_header("Location", server.location or "/")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass
+
+        self._httpd = Server(("127.0.0.1", 0), Handler)
+        self.port = self._httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}{PATH}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def plain() -> Iterator[PlainServer]:
+    s = PlainServer()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The host names resolved during the test: what the fetcher tried to reach."""
+    seen: list[str] = []
+    real = socket.getaddrinfo
+
+    def recording(host: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(str(host))
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", recording)
+    return seen
 
 
 @pytest.fixture
@@ -617,3 +707,277 @@ async def test_component_serves_the_stored_copy_refreshes_and_shows_on_admin_met
     finally:
         await component.stop()
         await admin.stop()
+
+
+# -- security review: transport ----------------------------------------------------------------------
+
+
+async def test_plain_http_url_to_another_host_is_refused_without_any_request(
+    store: Store, lookups: list[str]
+) -> None:
+    keeper = WhitelistKeeper(store, settings("http://whitelist.example/liste.xml", None))
+    result = await keeper.refresh()
+    assert result.outcome is Outcome.FAILED
+    assert result.detail.startswith("plain http:// refused for http://whitelist.example/")
+    assert lookups == []  # not even resolved
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_plain_http_to_a_loopback_host_is_still_allowed(
+    store: Store, tmp_path: Path, plain: PlainServer, host: str
+) -> None:
+    path = tmp_path / "liste.xml"
+    path.write_bytes(listing().xml)
+    plain.location = path.as_uri()  # file:// is not followed: the redirect itself is refused
+    url = f"http://{host}:{plain.port}{PATH}"
+    result = await WhitelistKeeper(store, settings(url, None)).refresh()
+    assert plain.requests == 1  # the request was made
+    assert "plain http" not in result.detail
+
+
+def test_only_localhost_127_8_and_ipv6_loopback_count_as_loopback() -> None:
+    for host in ("localhost", "LOCALHOST", "127.0.0.1", "127.3.2.1", "::1"):
+        assert is_loopback_host(host), host
+    for host in ("example.org", "10.0.0.1", "127.example.org", "localhost.example", "::2", ""):
+        assert not is_loopback_host(host), host
+
+
+async def test_redirect_from_loopback_http_to_another_http_host_is_refused(
+    store: Store, plain: PlainServer, lookups: list[str]
+) -> None:
+    plain.location = "http://whitelist.example/liste.xml"
+    result = await WhitelistKeeper(store, settings(plain.url, None)).refresh()
+    assert result.outcome is Outcome.FAILED
+    assert "redirect from http:// to http:// on a non-loopback host refused" in result.detail
+    assert plain.requests == 1
+    assert "whitelist.example" not in lookups
+
+
+async def test_redirect_from_http_to_https_is_verified_with_the_configured_ca_file(
+    store: Store, plain: PlainServer, server: WhitelistServer, trust_file: Path
+) -> None:
+    server.publish(listing().xml)
+    plain.location = server.url
+    # The IGC-Santé TEST chain is only in ca_file, not in the system's store.
+    result = await WhitelistKeeper(store, settings(plain.url, trust_file)).refresh()
+    assert result.outcome is Outcome.UPDATED, result.detail
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])
+async def test_server_dripping_its_headers_is_cut_off_at_the_total_timeout(
+    server: WhitelistServer, plain: PlainServer, trust_file: Path, scheme: str
+) -> None:
+    # One octet every 0.2 s: each read is well within any socket timeout, the whole never ends.
+    server.drip_head = plain.drip_head = 0.2
+    url = server.url if scheme == "https" else plain.url
+    started = time.monotonic()
+    with pytest.raises(FetchError, match=r"no complete answer within 1.5 s \(whitelist.timeout\)"):
+        await asyncio.to_thread(download, url, context=tls_context(trust_file), timeout=1.5)
+    assert 1.4 < time.monotonic() - started < 2.5
+
+
+async def test_keeper_download_thread_ends_at_the_timeout_with_a_dripping_server(
+    store: Store, server: WhitelistServer, trust_file: Path
+) -> None:
+    server.publish(listing().xml)
+    server.drip_head = 0.2
+    keeper = WhitelistKeeper(store, settings(server.url, trust_file, timeout=1.5))
+    result = await keeper.refresh()
+    assert result.outcome is Outcome.FAILED
+    assert "whitelist.timeout" in result.detail
+    for _ in range(20):
+        if not any(t.name == "whitelist-download" for t in threading.enumerate()):
+            break
+        await asyncio.sleep(0.1)
+    assert not any(t.name == "whitelist-download" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://localhost:{port}/listeblanchemssante.xml?token=t0ps3cret",
+        "https://robot:t0ps3cret@localhost:{port}/listeblanchemssante.xml",
+    ],
+    ids=["query", "userinfo"],
+)
+async def test_secrets_in_the_url_never_reach_logs_store_or_status(
+    store: Store,
+    server: WhitelistServer,
+    trust_file: Path,
+    caplog: pytest.LogCaptureFixture,
+    lookups: list[str],
+    url: str,
+) -> None:
+    server.status = 503
+    keeper = WhitelistKeeper(store, settings(url.format(port=server.port), trust_file))
+    with caplog.at_level(logging.DEBUG):
+        result = await keeper.refresh()
+        keeper.check_age()
+    assert result.outcome is Outcome.FAILED
+    document = await store.load_document(DOCUMENT, with_content=False)
+    assert document is not None
+    status = keeper.status()
+    shown = [result.detail, caplog.text, json.dumps(document.meta), status.url]
+    shown.append(status.last_error or "")
+    for text in shown:
+        assert "t0ps3cret" not in text
+    assert "***" in status.url
+    assert document.meta["last_error"]
+    # user:password@ is HTTP Basic authentication, never part of a name sent to the resolver.
+    assert lookups
+    assert not any("t0ps3cret" in host for host in lookups)
+    if "robot" in url:
+        assert server.requests[0]["authorization"] == "Basic cm9ib3Q6dDBwczNjcmV0"
+
+
+# -- security review: what may replace the copy in use ------------------------------------------------
+
+
+def future_listing(generated_at: datetime) -> gen.GeneratedList:
+    return gen.generate(domains=1500, dns=120, seed=99, generated_at=generated_at)
+
+
+async def test_generation_date_in_the_future_is_refused(
+    store: Store, server: WhitelistServer, trust_file: Path
+) -> None:
+    server.publish(listing(13).xml)
+    keeper = WhitelistKeeper(store, settings(server.url, trust_file))
+    await keeper.refresh()
+    server.publish(future_listing(datetime(9999, 12, 31, tzinfo=UTC)).xml)
+    for override in (False, True):
+        result = await keeper.refresh(force=True, override=override)
+        assert result.outcome is Outcome.REJECTED
+        assert result.detail.startswith("refused: generated 9999-12-31T00:00:00Z, in the future")
+    assert keeper.current is not None
+    assert keeper.current.generated_at == listing(13).generated_at
+    # A day of clock skew is tolerated.
+    clock = Clock()
+    soon = future_listing((clock.now + timedelta(hours=20)).replace(microsecond=0))
+    server.publish(soon.xml)
+    keeper = WhitelistKeeper(store, settings(server.url, trust_file), now=clock)
+    assert (await keeper.refresh(force=True)).outcome is Outcome.UPDATED
+
+
+async def test_copy_dated_in_the_future_does_not_freeze_later_lists(
+    store: Store, server: WhitelistServer, trust_file: Path
+) -> None:
+    # A copy dated 9999 got into the store (a wrong clock, an older Colombe).
+    wrong_clock = Clock()
+    wrong_clock.now = datetime(9999, 12, 30, tzinfo=UTC)
+    server.publish(future_listing(datetime(9999, 12, 30, tzinfo=UTC)).xml)
+    keeper = WhitelistKeeper(store, settings(server.url, trust_file), now=wrong_clock)
+    assert (await keeper.refresh()).outcome is Outcome.UPDATED
+
+    restarted = WhitelistKeeper(store, settings(server.url, trust_file))
+    assert await restarted.load()
+    server.publish(listing(14).xml)
+    result = await restarted.refresh(force=True)
+    assert result.outcome is Outcome.UPDATED, result.detail
+    assert restarted.current is not None
+    assert restarted.current.generated_at == listing(14).generated_at
+    # And from there on the check applies again.
+    server.publish(listing(13).xml)
+    assert (await restarted.refresh(force=True)).outcome is Outcome.REJECTED
+
+
+async def test_copy_from_another_url_is_not_a_reference_for_the_generation_date(
+    store: Store, server: WhitelistServer, trust_file: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "liste.xml"
+    path.write_bytes(listing(14).xml)
+    keeper = WhitelistKeeper(store, settings(path.as_uri(), None))
+    assert (await keeper.refresh()).outcome is Outcome.UPDATED
+    server.publish(listing(13).xml)
+    keeper.settings = settings(server.url, trust_file)
+    result = await keeper.refresh(force=True)
+    assert result.outcome is Outcome.UPDATED, result.detail
+    assert keeper.current is not None
+    assert keeper.current.generated_at == listing(13).generated_at
+    # The same URL again: never backwards.
+    server.publish(listing(12).xml)
+    result = await keeper.refresh(force=True)
+    assert result.outcome is Outcome.REJECTED
+    assert "--force" in result.detail
+
+
+async def test_override_accepts_an_older_list_and_every_process_takes_it(
+    store: Store, server: WhitelistServer, trust_file: Path
+) -> None:
+    server.publish(listing(14).xml)
+    first = WhitelistKeeper(store, settings(server.url, trust_file))
+    second = WhitelistKeeper(store, settings(server.url, trust_file))
+    await first.refresh()
+    assert await second.load()
+    server.publish(listing(13).xml)
+    refused = await first.refresh(force=True)
+    assert refused.outcome is Outcome.REJECTED
+    assert refused.detail.startswith("refused: generated 2025-03-13T14:54:10Z, before the copy")
+
+    assert (await first.refresh(force=True, override=True)).outcome is Outcome.UPDATED
+
+    assert first.current is not None
+    assert first.current.generated_at == listing(13).generated_at
+    assert (await second.refresh()).outcome is Outcome.SKIPPED
+    assert second.current is not None
+    assert second.current.generated_at == listing(13).generated_at
+
+
+def test_fetch_force_says_it_overrides_the_generation_date_check() -> None:
+    result = CliRunner().invoke(whitelist_cli, ["fetch", "--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "--force" in text
+    assert "DateDeGeneration is older than the copy in use" in text
+
+
+async def test_min_entries_zero_still_refuses_an_empty_download(
+    store: Store, server: WhitelistServer, trust_file: Path
+) -> None:
+    server.publish(gen.document([], gen.GENERATED_AT.replace(day=14)))
+    keeper = WhitelistKeeper(store, settings(server.url, trust_file, min_entries=0))
+    result = await keeper.refresh()
+    assert result.outcome is Outcome.REJECTED
+    assert result.detail.startswith("refused: 0 usable entries, fewer than the 1 required")
+    assert keeper.current is None
+
+
+async def test_empty_copy_in_the_store_is_never_loaded(store: Store) -> None:
+    empty = gen.document([], gen.GENERATED_AT)
+    await store.save_document(DOCUMENT, empty, {"url": "", "generated_at": "2025-03-13T14:54:10Z"})
+    keeper = WhitelistKeeper(store, settings("", None))
+    assert not await keeper.load()
+    assert not keeper.is_listed(gen.CAPITALS_DOMAIN)
+
+
+def test_configured_min_entries_is_never_below_one() -> None:
+    for configured in (0, -3):
+        config = Config(whitelist=WhitelistSection(min_entries=configured))
+        assert settings_from_config(config).min_entries == 1
+
+
+async def test_list_with_fewer_than_half_the_entries_in_use_is_refused_unless_forced(
+    store: Store, server: WhitelistServer, trust_file: Path
+) -> None:
+    good = listing(13)
+    server.publish(good.xml)
+    keeper = WhitelistKeeper(store, settings(server.url, trust_file, min_entries=100))
+    await keeper.refresh()
+    shrunk = gen.generate(
+        domains=400, dns=120, seed=14, generated_at=gen.GENERATED_AT.replace(day=14)
+    )
+    assert 2 * shrunk.entries < good.entries
+    server.publish(shrunk.xml)
+
+    result = await keeper.refresh(force=True)
+
+    assert result.outcome is Outcome.REJECTED
+    assert result.detail.startswith(
+        f"refused: {shrunk.entries} usable entries, fewer than half of the {good.entries} "
+        "of the copy in use"
+    )
+    assert "--force" in result.detail
+    assert keeper.current is not None
+    assert keeper.current.generated_at == good.generated_at
+    assert (await keeper.refresh(force=True, override=True)).outcome is Outcome.UPDATED
+    assert len(keeper.current.entries) == shrunk.entries

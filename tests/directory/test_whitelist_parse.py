@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import functools
+import tracemalloc
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from directory.whitelist import NAMESPACE, Whitelist, WhitelistError, parse_whitelist
+from directory.whitelist import (
+    MAX_WHITELIST_BYTES,
+    NAMESPACE,
+    Whitelist,
+    WhitelistError,
+    parse_whitelist,
+)
 from pki.dn import DistinguishedName
 from pki.testpki import TestPki
 from tests.directory import whitelist_gen as gen
@@ -279,3 +287,118 @@ def test_entry_lookups_accept_parsed_names_strings_and_certificate_names() -> No
     parsed = DistinguishedName.parse(gen.MIPIH_DN)
     for form in (parsed, gen.MIPIH_DN, certificate_name(gen.MIPIH_DN)):
         assert whitelist.allows(gen.CAPITALS_DOMAIN, form)
+
+
+# -- security review ---------------------------------------------------------------------------
+
+
+def test_non_ascii_domain_is_never_folded_onto_a_listed_ascii_domain() -> None:
+    whitelist = parse_whitelist(small(gen.entry_xml("strasse.fr", gen.MIPIH_DN)))
+    assert whitelist.allows("strasse.fr", gen.MIPIH_DN)
+    assert whitelist.allows("STRASSE.FR.", gen.MIPIH_DN)
+    # IDNA 2003 would map each of these onto strasse.fr; the MTA must pass A-labels.
+    for spelling in (
+        "straße.fr",
+        "stras\u200bse.fr",  # zero-width space
+        "stras\u00adse.fr",  # soft hyphen
+        "\uff53\uff54\uff52\uff41\uff53\uff53\uff45.fr",  # full-width
+        "\u3000strasse.fr",  # ideographic space, which str.strip() removes
+    ):
+        assert not whitelist.allows(spelling, gen.MIPIH_DN), spelling
+        assert not whitelist.is_listed(spelling), spelling
+        assert whitelist.dns_for(spelling) == []
+
+
+def test_entry_whose_nom_is_not_an_ascii_host_name_is_left_out_and_counted() -> None:
+    whitelist = parse_whitelist(
+        small(
+            gen.entry_xml("ok.mssante.fr", gen.MIPIH_DN),
+            gen.entry_xml("straße.fr", gen.MIPIH_DN),
+            gen.entry_xml("stras\u200bse.fr", gen.MIPIH_DN),
+            gen.entry_xml("xn--strae-oqa.fr", gen.AMP_WRITTEN, dn_is_escaped=True),
+        )
+    )
+    assert [e.domain for e in whitelist.entries] == ["ok.mssante.fr", "xn--strae-oqa.fr"]
+    assert whitelist.problem_count == 2
+    assert [p.position for p in whitelist.problems] == [2, 3]
+    assert all(p.reason.startswith("invalid domain name") for p in whitelist.problems)
+    assert not whitelist.is_listed("strasse.fr")
+    assert whitelist.allows("XN--STRAE-OQA.FR", gen.AMP_CERT)  # A-labels compare as ASCII
+
+
+def test_min_entries_below_one_still_refuses_an_empty_list() -> None:
+    with pytest.raises(WhitelistError, match="0 usable entries, fewer than the 1 required"):
+        parse_whitelist(small(), min_entries=0)
+    with pytest.raises(WhitelistError, match="0 usable entries, fewer than the 1 required"):
+        parse_whitelist(small(gen.entry_xml("not a domain", gen.MIPIH_DN)), min_entries=-5)
+
+
+def test_file_larger_than_16_mb_is_refused_before_parsing() -> None:
+    assert MAX_WHITELIST_BYTES == 16 * 1024 * 1024
+    padded = gen.entry_xml("a.mssante.fr", gen.MIPIH_DN, description="x" * (17 * 1024 * 1024))
+    with pytest.raises(WhitelistError, match="more than the 16777216 accepted"):
+        parse_whitelist(small(padded))
+
+
+def test_file_padded_with_millions_of_elements_is_refused_without_holding_them() -> None:
+    padding = "<a/>" * 200_000
+    entry = gen.entry_xml("a.mssante.fr", gen.MIPIH_DN).replace(
+        "<Description>", f"<Description>{padding}"
+    )
+    assert tracemalloc_peak(lambda: _refused(small(entry))) < 20 * 1024 * 1024
+    # Between entries, elements are dropped as soon as they end: parsed, in little memory.
+    outside = small(gen.entry_xml("a.mssante.fr", gen.MIPIH_DN)).replace(
+        b"<ListeDomaines>", b"<Autre>" + padding.encode() + b"</Autre><ListeDomaines>"
+    )
+    peak = tracemalloc_peak(lambda: parse_whitelist(outside) and None)
+    assert peak < 20 * 1024 * 1024
+
+
+def _refused(data: bytes) -> None:
+    with pytest.raises(WhitelistError, match="more than 1000 elements in one part of the file"):
+        parse_whitelist(data)
+
+
+def tracemalloc_peak(fn: Callable[[], None]) -> int:
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_entries_are_read_one_at_a_time_with_the_same_result() -> None:
+    generated, whitelist = realistic()
+    # Entries are dropped from the tree as they are read: the index is still complete, and a
+    # second ListeDomaines or DateDeGeneration is ignored as before (the first one counts).
+    extra = gen.document([gen.entry_xml("extra.mssante.fr", gen.MIPIH_DN)]).decode()
+    extra_liste = extra[extra.index("<ListeDomaines>") : extra.index("</ListeDomaines>") + 16]
+    doubled = generated.xml.replace(
+        b"</ListeBlancheMSSante>",
+        f"<DateDeGeneration>2030-01-01T00:00:00Z</DateDeGeneration>{extra_liste}"
+        "</ListeBlancheMSSante>".encode(),
+    )
+    again = parse_whitelist(doubled)
+    assert len(again.entries) == len(whitelist.entries)
+    assert again.generated_at == whitelist.generated_at
+    assert not again.is_listed("extra.mssante.fr")
+
+
+def test_peer_dn_given_as_a_string_decodes_xml_references_so_pass_the_x509_name() -> None:
+    whitelist = parse_whitelist(small(gen.entry_xml("a.mssante.fr", "O=A,CN=b,C=FR")))
+    # A certificate whose only O is literally "A&#44;CN=b": not the listed DN...
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "A&#44;CN=b"),
+        ]
+    )
+    assert not whitelist.allows("a.mssante.fr", subject)
+    # ...but rendered as text by a renderer that escapes only "," and parsed again, the
+    # reference becomes a separator.
+    rendered = ",".join(f"{a.rfc4514_attribute_name}={a.value}" for a in reversed(list(subject)))
+    assert rendered == "O=A&#44;CN=b,C=FR"
+    assert whitelist.allows("a.mssante.fr", rendered)
+    assert "x509.Name" in (Whitelist.allows.__doc__ or "")
+    assert "&#44;" in (DistinguishedName.parse.__doc__ or "")

@@ -3,6 +3,7 @@ publication state, named documents, singleton leases, search keys, and the 0001 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -15,9 +16,10 @@ from sqlalchemy.engine import make_url
 
 from store import BalStatus, BalType, Store
 from store.database import Database
+from store.directory_state import PublicationFailure, PublicationOutcome
 from store.errors import InvalidInput
 from store.text import departement_of, prefix_upper_bound, search_key, search_words
-from tests.conftest import PG_ADMIN_URL, _pg_admin_sync
+from tests.conftest import PG_ADMIN_URL, StoreLocation, _pg_admin_sync
 
 
 async def _due(store: Store) -> dict[str, int]:
@@ -57,7 +59,7 @@ async def test_a_failure_is_recorded_and_retried_after_the_backoff(
     store: Store, doctor: str
 ) -> None:
     bal = await store.get_bal(doctor)
-    await store.record_publication_failure(bal.id, "LDAP down", retry_in=timedelta(hours=1))
+    await store.record_publication_failure(bal.id, 1, "LDAP down", retry_in=timedelta(hours=1))
     assert await _due(store) == {}
     (state,) = await store.publication_states(only_problems=True)
     assert (state.state, state.attempts, state.last_error) == ("error", 1, "LDAP down")
@@ -68,6 +70,66 @@ async def test_a_failure_is_recorded_and_retried_after_the_backoff(
     # A new change is published at once, whatever the backoff said.
     await store.update_bal(doctor, description="Cardiologie")
     assert await _due(store) == {doctor: 2}
+
+
+async def test_an_older_outcome_recorded_late_does_not_move_the_published_revision_back(
+    store: Store, doctor: str
+) -> None:
+    bal = await store.get_bal(doctor)
+    await store.update_bal(doctor, profession="21")
+    await store.update_bal(doctor, liste_rouge=True)
+    assert await store.record_publication(bal.id, 3, state="unpublished", dn=None)
+    # A slower pass that had read revision 2 records it afterwards: ignored.
+    await store.record_publication(bal.id, 2, state="published", dn="mail=x")
+    await store.record_publications([PublicationOutcome(bal.id, 1, "published", "mail=x")])
+    (state,) = await store.publication_states()
+    assert (state.state, state.published_revision, state.dn, state.pending) == (
+        "unpublished",
+        3,
+        None,
+        False,
+    )
+
+
+async def test_published_revision_never_goes_backwards(store: Store, doctor: str) -> None:
+    bal = await store.get_bal(doctor)
+    await store.update_bal(doctor, profession="21")
+    assert await store.record_publication(bal.id, 2, state="published", dn="mail=x")
+    await store.record_publication(bal.id, 1, state="unpublished", dn=None)
+    (state,) = await store.publication_states()
+    assert (state.state, state.published_revision, state.dn) == ("published", 2, "mail=x")
+
+
+async def test_a_failure_of_an_old_revision_does_not_delay_the_newer_change(
+    store: Store, doctor: str
+) -> None:
+    bal = await store.get_bal(doctor)
+    await store.update_bal(doctor, profession="21")
+    await store.update_bal(doctor, profession="22")  # revision 3 queued
+    await store.record_publication_failure(bal.id, 2, "refused", retry_in=timedelta(hours=1))
+    assert await _due(store) == {doctor: 3}
+    (state,) = await store.publication_states()
+    assert (state.attempts, state.last_error) == (0, "refused")
+    # The same failure on the wanted revision does back off.
+    await store.record_publication_failure(bal.id, 3, "refused", retry_in=timedelta(hours=1))
+    assert await _due(store) == {}
+    (state,) = await store.publication_states()
+    assert (state.state, state.attempts) == ("error", 1)
+
+
+async def test_an_outage_notes_the_error_without_backing_off_each_bal(
+    store: Store, doctor: str
+) -> None:
+    bal = await store.get_bal(doctor)
+    for _ in range(3):
+        await store.record_publication_failures(
+            [PublicationFailure(bal.id, 1, "cannot reach the directory", None)]
+        )
+    (state,) = await store.publication_states()
+    assert (state.state, state.pending, state.attempts) == ("error", True, 0)
+    assert state.last_error == "cannot reach the directory"
+    # Due now: when the directory is back, everything pending goes at once.
+    assert await _due(store) == {doctor: 1}
 
 
 async def test_search_key_of_a_bal_follows_its_name(store: Store) -> None:
@@ -92,6 +154,24 @@ async def test_rank_below_1_is_refused(store: Store, doctor: str) -> None:
         await store.update_bal(doctor, rank=0)
 
 
+async def test_concurrent_savers_of_a_new_document_all_succeed(
+    store: Store, store_location: StoreLocation
+) -> None:
+    other = await Store.open(store_location.url, store_location.blob_dir)
+    try:
+        await asyncio.gather(
+            *(
+                s.save_document("state", b"x" if i % 2 else None, {"n": i})
+                for i, s in enumerate([store, other] * 4)
+            )
+        )
+    finally:
+        await other.close()
+    doc = await store.load_document("state")
+    assert doc is not None
+    assert doc.meta["n"] in range(8)
+
+
 async def test_documents_keep_content_and_replace_metadata_alone(store: Store) -> None:
     await store.save_document("whitelist", b"<xml/>", {"etag": '"a"'})
     doc = await store.save_document("whitelist", None, {"etag": '"a"', "checked_at": "now"})
@@ -113,6 +193,51 @@ async def test_a_lease_is_held_by_one_holder_until_it_expires(store: Store) -> N
     assert not await store.acquire_lease("publisher", "a", timedelta(minutes=5))
     await store.release_lease("publisher", "b")
     assert await store.acquire_lease("publisher", "a", timedelta(minutes=5))
+
+
+async def test_concurrent_acquirers_of_a_new_lease_get_it_once(
+    store: Store, store_location: StoreLocation
+) -> None:
+    other = await Store.open(store_location.url, store_location.blob_dir)
+    try:
+        for round_ in range(3):
+            name = f"race-{round_}"
+            taken = await asyncio.gather(
+                *(
+                    s.acquire_lease(name, f"holder-{i}", timedelta(minutes=5))
+                    for i, s in enumerate([store, other] * 4)
+                )
+            )
+            assert sorted(taken) == [False] * 7 + [True]
+    finally:
+        await other.close()
+
+
+async def test_a_lease_is_timed_by_the_database_clock_not_the_hosts(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host whose clock is an hour late takes the lease for 5 minutes: a host with the right
+    clock must still find it held."""
+    import store.directory_state as directory_state
+
+    right = directory_state._now
+    monkeypatch.setattr(directory_state, "_now", lambda: right() - timedelta(hours=1))
+    assert await store.acquire_lease("publisher", "late-host", timedelta(minutes=5))
+    monkeypatch.setattr(directory_state, "_now", right)
+    assert not await store.acquire_lease("publisher", "right-host", timedelta(minutes=5))
+
+
+async def test_a_lease_expires_by_the_database_clock(store: Store) -> None:
+    """The expiry is the database's now + ttl, stored in the column's own form: a lease taken for
+    a second is held during it and free after it, on both engines."""
+    assert await store.acquire_lease("publisher", "a", timedelta(seconds=1))
+    assert not await store.acquire_lease("publisher", "b", timedelta(seconds=1))
+    async with store.db.reader.connect() as conn:
+        expires_at = (await conn.execute(text("SELECT expires_at FROM leases"))).scalar_one()
+    if isinstance(expires_at, str):  # SQLite: SQLAlchemy's text form of a naive UTC time
+        assert len(expires_at) == len("2024-01-01 12:00:00.000000")
+    await asyncio.sleep(1.2)
+    assert await store.acquire_lease("publisher", "b", timedelta(seconds=1))
 
 
 # -- search keys ------------------------------------------------------------------------------
