@@ -21,20 +21,28 @@ import click
 from colombe.clikit import Context, emit_json, emit_table, json_option, with_store
 from colombe.config import Config
 from directory.extraction import (
+    DOWNLOAD_DEADLINE,
     ExtractionError,
+    ExtractionRefused,
     ExtractionReport,
     ImportBusy,
+    describe_source,
     import_extraction,
 )
 from directory.search import SearchError, search
 from store import Store
-from store.address_book import MAX_SEARCH_LIMIT
+from store.address_book import KEPT_IMPORTS, MAX_SEARCH_LIMIT
 
 log = logging.getLogger(__name__)
 
 PROGRESS_SECONDS = 2.0
-# After a failed automatic import: try again after this long (or the interval, if shorter).
+# After a failed automatic import (source unavailable, another process importing): try again
+# after this long (or the interval, if shorter). After a refused file: this long, doubled at each
+# refusal in a row, up to the interval.
 RETRY_SECONDS = 600
+# An automatic import may take DOWNLOAD_DEADLINE to read the source, plus this for the database
+# (the last batches, the switch, deleting the old book); past that it is cancelled.
+IMPORT_MARGIN = 600
 SHOWN_PROBLEMS = 10
 
 
@@ -107,7 +115,9 @@ async def import_extraction_command(
             store, source, holder=_holder("cli"), ca_file=ca or None, force=force, progress=progress
         )
     except ExtractionError as exc:
-        raise click.ClickException(f"extraction not imported: {exc}") from None
+        # One line, whatever the error (every error of an import is an ExtractionError).
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        raise click.ClickException(f"extraction not imported: {message}") from None
     if as_json:
         emit_json(_report_json(report))
         return
@@ -214,7 +224,11 @@ async def search_command(
 class AddressBookImporter:
     """The ``addressbook`` component of ``colombe serve``: imports the configured extraction
     every ``directory.import_interval`` seconds, in whichever process of the cluster holds the
-    import lease. A failure is logged (one line) and retried later; it never stops serve."""
+    import lease. A failure is logged (one line) and retried later; it never stops serve: after
+    RETRY_SECONDS when the source is unavailable, after a wait doubling from RETRY_SECONDS up to
+    the interval when the file is refused. Each import is bounded in time (DOWNLOAD_DEADLINE +
+    IMPORT_MARGIN), and asks conditionally (ETag, Last-Modified) for a file other than the
+    latest one imported or refused: a 304 means nothing to download."""
 
     name = "addressbook"
 
@@ -224,6 +238,7 @@ class AddressBookImporter:
         self._ca_file = ca_file
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
+        self._refusals = 0  # refused files in a row (the backoff)
 
     @classmethod
     def from_config(cls, config: Config, store: Store) -> AddressBookImporter | None:
@@ -258,38 +273,100 @@ class AddressBookImporter:
         age = (datetime.now(UTC) - current.finished_at).total_seconds()
         return max(0.0, self._interval - age)
 
+    def _retry(self) -> float:
+        return float(min(RETRY_SECONDS, self._interval))
+
+    def _backoff(self) -> float:
+        """The wait after ``self._refusals`` refusals in a row: doubling, up to the interval."""
+        doubled = RETRY_SECONDS * 2 ** min(max(self._refusals - 1, 0), 32)
+        return float(min(doubled, self._interval))
+
+    async def _known_validators(self) -> tuple[str | None, str | None, bool]:
+        """ETag and Last-Modified of the latest file of our source that was imported or refused,
+        and whether it was refused: while the server still serves that file, it answers our
+        conditional request with 304 and nothing is downloaded."""
+        shown = describe_source(self._url)
+        for record in await self._store.address_book_imports(limit=KEPT_IMPORTS):
+            detail = record.detail or {}
+            refused = record.status == "failed" and detail.get("refused") is True
+            if record.source != shown or not (record.status == "done" or refused):
+                continue
+            etag, last_modified = detail.get("etag"), detail.get("last_modified")
+            return (
+                etag if isinstance(etag, str) else None,
+                last_modified if isinstance(last_modified, str) else None,
+                refused,
+            )
+        return None, None, False
+
     async def _run(self) -> None:
-        retry = float(min(RETRY_SECONDS, self._interval))
         # Bounded by the process's life: one import per interval, stopped by cancellation.
         while True:
-            try:
-                # Another process of the cluster may have imported meanwhile.
-                wait = await self._seconds_until_due()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                    continue
+            delay = await self._attempt()
+            await asyncio.sleep(delay)
+
+    async def _attempt(self) -> float:
+        """One look at the address book, importing it if due; the seconds until the next."""
+        retry = self._retry()
+        try:
+            # Another process of the cluster may have imported meanwhile.
+            wait = await self._seconds_until_due()
+            if wait > 0:
+                return wait
+            etag, last_modified, refused = await self._known_validators()
+            async with asyncio.timeout(DOWNLOAD_DEADLINE + IMPORT_MARGIN):
                 report = await import_extraction(
-                    self._store, self._url, holder=_holder("serve"), ca_file=self._ca_file
+                    self._store,
+                    self._url,
+                    holder=_holder("serve"),
+                    ca_file=self._ca_file,
+                    etag=etag,
+                    last_modified=last_modified,
                 )
+        except ImportBusy:
+            return retry
+        except ExtractionRefused as exc:
+            self._refusals += 1
+            delay = self._backoff()
+            log.warning("national address book refused (next try in %d s): %s", int(delay), exc)
+            return delay
+        except ExtractionError as exc:
+            log.warning("national address book not imported (retry in %d s): %s", int(retry), exc)
+            return retry
+        except TimeoutError:
+            log.warning(
+                "national address book not imported (retry in %d s): the import took longer "
+                "than %d s",
+                int(retry),
+                DOWNLOAD_DEADLINE + IMPORT_MARGIN,
+            )
+            return retry
+        except Exception as exc:
+            log.warning(
+                "national address book import failed (retry in %d s): %s: %s",
+                int(retry),
+                type(exc).__name__,
+                exc,
+            )
+            return retry
+        if report.not_modified:
+            if refused:
+                # Still the file we refused: no download, and we look again less and less often.
+                self._refusals += 1
+                delay = self._backoff()
                 log.info(
-                    "national address book imported: %d entries, %d bad lines",
-                    report.entries,
-                    report.bad_lines,
+                    "national address book: the source still serves the file refused "
+                    "(next look in %d s)",
+                    int(delay),
                 )
-            except ImportBusy:
-                await asyncio.sleep(retry)
-            except ExtractionError as exc:
-                log.warning(
-                    "national address book not imported (retry in %d s): %s", int(retry), exc
-                )
-                await asyncio.sleep(retry)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning(
-                    "national address book import failed (retry in %d s): %s: %s",
-                    int(retry),
-                    type(exc).__name__,
-                    exc,
-                )
-                await asyncio.sleep(retry)
+                return delay
+            self._refusals = 0
+            log.debug("national address book: the source still serves the file imported")
+            return retry
+        self._refusals = 0
+        log.info(
+            "national address book imported: %d entries, %d bad lines",
+            report.entries,
+            report.bad_lines,
+        )
+        return 0.0

@@ -61,7 +61,7 @@ class WhitelistSection:
 @dataclass(frozen=True, slots=True)
 class DirectorySection:
     # The ANS open-data extraction of every MSSanté BAL (mssante-spec §5.4): a .zip or a .txt,
-    # https://, http:// or file://. Empty: no automatic import.
+    # https:// or file:// (http:// only to a loopback host). Empty: no automatic import.
     extraction_url: str = (
         "https://www.data.gouv.fr/api/1/datasets/r/afe01105-d9a1-41fe-921f-e40ea48b2ba6"
     )

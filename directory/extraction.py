@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import http.client
 import io
 import logging
+import lzma
 import re
 import shutil
+import socket
 import ssl
+import struct
 import tempfile
 import threading
 import time
@@ -30,18 +34,22 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, BinaryIO, Final, NamedTuple
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
+# The download's deadline and watchdog, and the rules for plain http and for showing URLs, are
+# those of the whitelist download.
+from directory.whitelist_fetch import _connect, _Deadline, is_loopback_host, redact_url
 from pki.errors import PkiError
 from pki.loading import load_certificate_file
 from store import Store
-from store.address_book import AddressBookEntry, AddressBookImport
+from store.address_book import AddressBookEntry, AddressBookImport, folded_key
 from store.text import departement_of, search_key
 
 log = logging.getLogger(__name__)
@@ -50,11 +58,18 @@ log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES: Final = 16 * 1024  # real lines are about 170 octets
 MAX_FIELD_CHARS: Final = 1000
+# Longest search key (name_key, city_key, profession_key) an entry may have, in characters. The
+# keys are ASCII (store.text.search_key), so characters are octets. PostgreSQL refuses a btree
+# index row over 2704 octets, and one such row fails the whole batch; the widest index,
+# (generation, city_key, name_key, address), stays below it with keys of at most 1000 octets
+# (1000 + 1000 + 320 + overhead). name_key joins five fields of up to MAX_FIELD_CHARS each.
+MAX_KEY_CHARS: Final = 1000
 MAX_DOWNLOAD_BYTES: Final = 256 * 1024 * 1024  # the zip is ~20 MB, the bare .txt ~90 MB
 MAX_TEXT_BYTES: Final = 1024 * 1024 * 1024  # uncompressed, against zip bombs
 MAX_LINES: Final = 5_000_000  # ten times today's file
 SOCKET_TIMEOUT: Final = 60.0  # per socket operation
-DOWNLOAD_DEADLINE: Final = 1800.0  # for the whole transfer
+# For the whole reading of the source: connecting, TLS, status line, headers, redirects, body.
+DOWNLOAD_DEADLINE: Final = 1800.0
 BATCH_LINES: Final = 2000  # rows per insert transaction
 QUEUE_BATCHES: Final = 2  # parsed batches waiting for the database
 KEPT_PROBLEMS: Final = 100  # bad lines and duplicates reported by line number
@@ -65,11 +80,21 @@ TOLERATED_BAD_LINES: Final = 10  # in any file, however small
 # unless forced (a truncated or half-empty file must not replace a good book).
 MIN_SIZE_RATIO: Final = 0.5
 LEASE: Final = "addressbook-import"
-LEASE_TTL: Final = timedelta(minutes=10)
+# The lease is renewed every LEASE_RENEW_SECONDS by a task of its own, whatever the import is
+# doing (a download, a long transaction); the TTL leaves room for several renewals to fail
+# (the store busy or briefly away) before another process may take it.
 LEASE_RENEW_SECONDS: Final = 60.0
+LEASE_TTL: Final = timedelta(minutes=10)
 
 BAL_TYPES: Final = frozenset({"PER", "ORG", "APP", "CAB"})
-_ADDRESS = re.compile(r"^[^@\s]{1,64}@[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?$")
+# The local part is a dot-atom of RFC 5322 atext (lower case: addresses are folded), the domain
+# LDH labels; nothing that a terminal or a web page could take for markup or a control sequence.
+_ATEXT = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]"
+_ADDRESS = re.compile(
+    r"(?=[^@]{1,64}@)" + _ATEXT + r"+(?:\." + _ATEXT + r"+)*@[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?"
+)
+# C0 controls, DEL and C1 controls (U+009B is an 8-bit CSI): never stored, never shown.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _L6 = re.compile(r"^(\d{5})\s+(.+)$")
 _DEPARTEMENT = re.compile(r"^(?:\d{2,3}|2A|2B)$")
 
@@ -193,8 +218,8 @@ def parse_line(text: str, header: Header) -> AddressBookEntry | str:
     fields = text.split("|")
     if len(fields) != header.width:
         return f"expected {header.width} fields, found {len(fields)}"
-    if "\x00" in text:
-        return "NUL character"
+    if _CONTROL.search(text):
+        return "control character"
     values: dict[str, str] = {}
     for name, index in header.positions.items():
         value = fields[index].strip()
@@ -207,7 +232,7 @@ def parse_line(text: str, header: Header) -> AddressBookEntry | str:
     address = values["address"].lower()
     if not address:
         return "no address"
-    if not _ADDRESS.match(address) or ".." in address:
+    if not _ADDRESS.fullmatch(address) or ".." in address:
         return "invalid address"
 
     def get(name: str) -> str | None:
@@ -251,34 +276,130 @@ def parse_line(text: str, header: Header) -> AddressBookEntry | str:
         value = getattr(entry, name)
         if value is not None and len(value) > limit:
             return f"field {name} longer than {limit} characters"
+    for key, value in (
+        ("name", entry.name_key),
+        ("city", folded_key(entry.city)),
+        ("profession", folded_key(entry.profession, entry.specialty)),
+    ):
+        if len(value) > MAX_KEY_CHARS:
+            return f"{key} longer than {MAX_KEY_CHARS} characters once folded"
     return entry
 
 
 # -- reading a source -------------------------------------------------------------------------
 
 
-class _Bounded(io.RawIOBase):
-    """A readable stream that stops at ``limit`` octets and at ``deadline`` (monotonic)."""
+class ImportCancelled(ExtractionError):
+    """The reading of the source was stopped (the import was cancelled or failed)."""
 
-    def __init__(self, inner: IO[bytes], limit: int, deadline: float, what: str) -> None:
+
+class NotModified(ExtractionError):
+    """The server answered ``304 Not Modified`` to a conditional request."""
+
+
+class _Transfer(_Deadline):
+    """The deadline of one download (every socket watched, all shut down at the deadline: see
+    :class:`directory.whitelist_fetch._Deadline`), and its cancellation: :meth:`abort`, from any
+    thread, shuts the sockets down at once, which ends a read blocked on them."""
+
+    def abort(self) -> None:
+        self._expire()
+
+
+class _Stop:
+    """Set by the event loop, seen by the reader thread: every read of the source checks it, and
+    setting it aborts the download under way (a read blocked on a silent server ends at once)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._transfers: list[_Transfer] = []
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def set(self) -> None:
+        with self._lock:
+            self._event.set()
+            transfers = list(self._transfers)
+        for transfer in transfers:
+            transfer.abort()
+
+    def attach(self, transfer: _Transfer) -> None:
+        with self._lock:
+            self._transfers.append(transfer)
+            stopped = self._event.is_set()
+        if stopped:
+            transfer.abort()
+
+
+class _Bounded(io.RawIOBase):
+    """A readable stream that stops at ``limit`` octets and at ``deadline`` (monotonic), checks
+    ``stop`` before and after every read, and refuses an end of stream before the ``expected``
+    length (an HTTP body cut short: http.client's read1 then returns b"" without an error)."""
+
+    def __init__(
+        self,
+        inner: IO[bytes],
+        limit: int,
+        deadline: float,
+        what: str,
+        *,
+        stop: _Stop | None = None,
+        transfer: _Transfer | None = None,
+        expected: int | None = None,
+    ) -> None:
         self._inner = inner
         self._limit = limit
         self._deadline = deadline
         self._what = what
+        self._stop = stop
+        self._transfer = transfer
+        self._expected = expected
+        self._pending = b""
         self.count = 0
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
-        if time.monotonic() > self._deadline:
+    def _check(self) -> None:
+        if self._stop is not None and self._stop.is_set():
+            raise ImportCancelled(f"{self._what}: reading stopped")
+        if time.monotonic() > self._deadline or (
+            self._transfer is not None and self._transfer.expired
+        ):
             raise ExtractionUnavailable(f"{self._what}: transfer took longer than allowed")
-        view = memoryview(buffer)
+
+    def _read(self, size: int) -> bytes:
+        self._check()
         read1 = getattr(self._inner, "read1", None)
-        data = read1(len(view)) if read1 is not None else self._inner.read(len(view))
+        data: bytes = read1(size) if read1 is not None else self._inner.read(size)
+        self._check()  # the watchdog or a stop may have cut the connection: data may be short
         self.count += len(data)
         if self.count > self._limit:
             raise ExtractionRefused(f"{self._what}: larger than {self._limit} octets")
+        if not data and size and self._expected is not None and self.count < self._expected:
+            raise ExtractionUnavailable(
+                f"{self._what}: connection closed after {self.count} of the "
+                f"{self._expected} octets announced"
+            )
+        return data
+
+    def head(self, size: int) -> bytes:
+        """The first ``size`` octets (fewer only at the end of the stream), read again by the
+        next reads: one read may return a single octet."""
+        while len(self._pending) < size and (data := self._read(size - len(self._pending))):
+            self._pending += data
+        return self._pending[:size]
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer)
+        if self._pending:
+            size = min(len(view), len(self._pending))
+            view[:size] = self._pending[:size]
+            self._pending = self._pending[size:]
+            return size
+        data = self._read(len(view))
         view[: len(data)] = data
         return len(data)
 
@@ -288,13 +409,67 @@ class _Bounded(io.RawIOBase):
         super().close()
 
 
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """Redirects only to http(s) (data.gouv.fr redirects its stable URL to the file)."""
+class _SafeRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects (data.gouv.fr redirects its stable URL to the file) only to https, or to http on
+    a loopback host, and never from https down to http: the trust in the file rests on TLS."""
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
-        if not newurl.lower().startswith(("http://", "https://")):
-            raise ExtractionRefused(f"redirect to a non-HTTP URL refused: {newurl[:100]!r}")
+        old = urllib.parse.urlsplit(req.full_url).scheme.lower()
+        new = urllib.parse.urlsplit(newurl)
+        scheme = new.scheme.lower()
+        if scheme not in ("http", "https") or (old == "https" and scheme != "https"):
+            raise ExtractionRefused(f"redirect from {old}:// to {scheme or '?'}:// refused")
+        if scheme == "http" and not is_loopback_host(new.hostname):
+            raise ExtractionRefused(
+                f"redirect to plain http:// on a non-loopback host refused ({redact_url(newurl)})"
+            )
         return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _open_socket(
+    transfer: _Transfer,
+    address: tuple[str, int],
+    timeout: object = None,
+    source_address: tuple[str, int] | None = None,
+) -> socket.socket:
+    """A connection within the time left to ``transfer`` (all addresses together), watched by
+    it; then each socket operation waits at most SOCKET_TIMEOUT (a stalled server is seen
+    long before the deadline)."""
+    sock = _connect(transfer, address, timeout, source_address)
+    sock.settimeout(min(SOCKET_TIMEOUT, transfer.remaining()))
+    return sock
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, transfer: _Transfer, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = functools.partial(_open_socket, transfer)
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, transfer: _Transfer, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = functools.partial(_open_socket, transfer)
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, transfer: _Transfer) -> None:
+        super().__init__()
+        self._transfer = transfer
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_HTTPConnection, transfer=self._transfer), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, transfer: _Transfer, context: ssl.SSLContext) -> None:
+        super().__init__(context=context)
+        self._transfer = transfer
+        self._tls = context
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        factory = functools.partial(_HTTPSConnection, transfer=self._transfer, context=self._tls)
+        return self.do_open(factory, req)
 
 
 def _tls_context(ca_file: str | None) -> ssl.SSLContext:
@@ -311,28 +486,139 @@ def _tls_context(ca_file: str | None) -> ssl.SSLContext:
 
 
 def describe_source(source: str) -> str:
-    """The source as it may be shown and recorded: no user info, no query string."""
-    parsed = urllib.parse.urlsplit(source)
-    if parsed.scheme in ("http", "https"):
-        host = parsed.hostname or ""
-        port = f":{parsed.port}" if parsed.port else ""
-        return f"{parsed.scheme}://{host}{port}{parsed.path}"
+    """The source as it may be shown, logged and recorded: user info and query string replaced
+    by ``***`` (a token often travels there)."""
+    if urllib.parse.urlsplit(source).scheme.lower() in ("http", "https"):
+        return redact_url(source)
     return source
 
 
-def _local_path(source: str) -> Path | None:
+def _scrub(text: str, source: str) -> str:
+    """``text`` without the secrets of ``source`` (user info, password, query), for messages
+    that may quote them (urllib's and http.client's do)."""
+    text = text.replace(source, describe_source(source))
+    try:
+        parts = urllib.parse.urlsplit(source)
+    except ValueError:
+        return text
+    if parts.scheme.lower() not in ("http", "https"):
+        return text
+    secrets = [parts.netloc.rpartition("@")[0], parts.query]
+    with contextlib.suppress(ValueError):
+        secrets.append(parts.password or "")
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _local_path(source: str, shown: str) -> Path | None:
     parsed = urllib.parse.urlsplit(source)
-    if parsed.scheme == "file":
+    scheme = parsed.scheme.lower()
+    if scheme == "file":
         if parsed.netloc not in ("", "localhost"):
-            raise ExtractionRefused(f"{source}: file:// URL on another host")
+            raise ExtractionRefused(f"{shown}: file:// URL on another host")
         return Path(urllib.parse.unquote(parsed.path))
-    if parsed.scheme in ("http", "https"):
+    if scheme == "http":
+        if not is_loopback_host(parsed.hostname):
+            raise ExtractionRefused(
+                f"plain http:// refused for {shown}: anyone on the path could change the "
+                "address book; use https:// (http:// only to a loopback host)"
+            )
         return None
-    if parsed.scheme and len(parsed.scheme) > 1:  # "C:" is a drive, not a scheme
+    if scheme == "https":
+        return None
+    if scheme and len(scheme) > 1:  # "C:" is a drive, not a scheme
         raise ExtractionRefused(
-            f"unsupported source {describe_source(source)!r}: a file, file://, http:// or https://"
+            f"unsupported source {shown!r}: a file, file://, https:// (or http:// to a loopback "
+            "host)"
         )
     return Path(source)
+
+
+# Errors that say the file itself is damaged (a zip's CRC, a truncated compressed stream...).
+_DAMAGED: Final = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    NotImplementedError,
+    ValueError,
+    struct.error,
+)
+
+
+def _failure(exc: BaseException, source: str, shown: str) -> ExtractionError:
+    """Any error met while reading ``source`` as an :class:`ExtractionError`, its message
+    scrubbed of the source's secrets."""
+    if isinstance(exc, ExtractionError):
+        return exc
+    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
+        return _failure(exc.reason, source, shown)
+    what = f"{type(exc).__name__}: {exc}"
+    error: ExtractionError
+    if isinstance(exc, urllib.error.URLError):
+        error = ExtractionUnavailable(f"{shown}: {exc.reason}")
+    elif isinstance(exc, ssl.SSLCertVerificationError):
+        error = ExtractionUnavailable(f"{shown}: server certificate refused ({exc.verify_message})")
+    elif isinstance(exc, TimeoutError):
+        error = ExtractionUnavailable(f"{shown}: no answer within {SOCKET_TIMEOUT:g} s")
+    elif isinstance(exc, _DAMAGED):
+        error = ExtractionRefused(f"{shown}: damaged or unreadable file ({what})")
+    elif isinstance(exc, (OSError, http.client.HTTPException)):
+        error = ExtractionUnavailable(f"{shown}: {what}")
+    else:
+        log.debug("unexpected error reading the extraction", exc_info=exc)
+        error = ExtractionUnavailable(f"{shown}: unexpected error ({what})")
+    return type(error)(_scrub(str(error), source))
+
+
+class OpenedExtraction(NamedTuple):
+    """The text of the extraction, its name and the server's validators (None for a file)."""
+
+    stream: BinaryIO
+    name: str
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+def _open_http(
+    stack: contextlib.ExitStack,
+    source: str,
+    shown: str,
+    ca_file: str | None,
+    transfer: _Transfer,
+    etag: str | None,
+    last_modified: str | None,
+) -> http.client.HTTPResponse:
+    try:
+        context = _tls_context(ca_file)
+    except (PkiError, ssl.SSLError, OSError) as exc:
+        raise ExtractionRefused(f"extraction CA file: {exc}") from None
+    handlers: list[urllib.request.BaseHandler] = [
+        _SafeRedirects(),
+        _HTTPHandler(transfer),
+        _HTTPSHandler(transfer, context),
+    ]
+    if is_loopback_host(urllib.parse.urlsplit(source).hostname):
+        handlers.append(urllib.request.ProxyHandler({}))  # a proxy never serves the loopback
+    request = urllib.request.Request(source, headers={"User-Agent": "colombe"})
+    # RFC 9110 §13.1.2/§13.1.3: with both, the server uses If-None-Match.
+    if etag:
+        request.add_header("If-None-Match", etag)
+    if last_modified:
+        request.add_header("If-Modified-Since", last_modified)
+    try:
+        response: http.client.HTTPResponse = urllib.request.build_opener(*handlers).open(
+            request, timeout=SOCKET_TIMEOUT
+        )
+    except urllib.error.HTTPError as exc:
+        with contextlib.closing(exc):
+            if exc.code == 304 and (etag or last_modified):
+                raise NotModified(f"{shown}: not modified") from None
+            raise ExtractionUnavailable(f"{shown}: HTTP {exc.code} {exc.reason}") from None
+    return stack.enter_context(response)
 
 
 @contextlib.contextmanager
@@ -342,78 +628,105 @@ def open_extraction(
     ca_file: str | None = None,
     max_download: int = MAX_DOWNLOAD_BYTES,
     deadline_seconds: float = DOWNLOAD_DEADLINE,
-) -> Iterator[tuple[io.BufferedReader, str]]:
+    etag: str | None = None,
+    last_modified: str | None = None,
+    stop: _Stop | None = None,
+) -> Iterator[OpenedExtraction]:
     """The text of the extraction as a binary stream, and its name (the member of a zip).
 
-    ``source``: a path, ``file://``, ``http://`` or ``https://`` (checked against ``ca_file``, PEM
-    or PKCS#7, else the system's trust store). A zip is recognised by its content, not its name.
+    ``source``: a path, ``file://``, ``https://`` (checked against ``ca_file``, PEM or PKCS#7,
+    else the system's trust store), or ``http://`` to a loopback host only; redirects from https
+    to http are refused. ``deadline_seconds`` bounds the whole reading, connection, TLS, headers
+    and redirects included. With ``etag``/``last_modified`` the request is conditional and a
+    ``304`` raises :class:`NotModified`. A zip is recognised by its content, not its name.
+    Every error, including those of the reads made in the ``with`` block, is an
+    :class:`ExtractionError` whose message never shows the URL's user, password or query.
     """
     shown = describe_source(source)
+    stop = stop if stop is not None else _Stop()
     deadline = time.monotonic() + deadline_seconds
-    with contextlib.ExitStack() as stack:
-        path = _local_path(source)
-        if path is not None:
-            try:
-                stream = stack.enter_context(open(path, "rb"))
-            except OSError as exc:
-                raise ExtractionUnavailable(f"{shown}: {exc.strerror or exc}") from None
-            name = path.name
-            limit = MAX_TEXT_BYTES
-        else:
-            try:
-                context = _tls_context(ca_file)
-            except (PkiError, ssl.SSLError) as exc:
-                raise ExtractionRefused(f"extraction CA file: {exc}") from None
-            opener = urllib.request.build_opener(
-                _HttpOnlyRedirects, urllib.request.HTTPSHandler(context=context)
-            )
-            request = urllib.request.Request(source, headers={"User-Agent": "colombe"})
-            try:
-                response = stack.enter_context(opener.open(request, timeout=SOCKET_TIMEOUT))
-            except urllib.error.HTTPError as exc:
-                raise ExtractionUnavailable(f"{shown}: HTTP {exc.code} {exc.reason}") from None
-            except (urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                raise ExtractionUnavailable(f"{shown}: {reason}") from None
-            bounded = _Bounded(response, max_download, deadline, shown)
-            stream = stack.enter_context(io.BufferedReader(bounded, 256 * 1024))
-            name = Path(urllib.parse.urlsplit(response.geturl()).path).name or shown
-            limit = MAX_TEXT_BYTES
-        try:
-            magic = stream.peek(4)[:4]
-        except OSError as exc:
-            raise ExtractionUnavailable(f"{shown}: {exc}") from None
-        if magic == b"PK\x03\x04":
-            if path is None:
-                # A zip's directory is at its end: spool the download (bounded) to a file.
-                spool = stack.enter_context(tempfile.TemporaryFile(prefix="colombe-extraction-"))
+    try:
+        with contextlib.ExitStack() as stack:
+            found_etag = found_last_modified = None
+            path = _local_path(source, shown)
+            if path is not None:
                 try:
-                    shutil.copyfileobj(stream, spool, 1024 * 1024)
+                    handle: IO[bytes] = stack.enter_context(open(path, "rb"))
                 except OSError as exc:
-                    raise ExtractionUnavailable(f"{shown}: {exc}") from None
-                spool.seek(0)
-                archive = stack.enter_context(zipfile.ZipFile(spool))
+                    raise ExtractionUnavailable(f"{shown}: {exc.strerror or exc}") from None
+                raw = _Bounded(handle, MAX_TEXT_BYTES, deadline, shown, stop=stop)
+                name = path.name
             else:
+                transfer = _Transfer(deadline_seconds)
+                stack.callback(transfer.close)
+                stop.attach(transfer)
+                response = _open_http(stack, source, shown, ca_file, transfer, etag, last_modified)
+                length = response.length
+                if length is not None and length > max_download:
+                    raise ExtractionRefused(
+                        f"{shown}: announces {length} octets, more than {max_download}"
+                    )
+                raw = _Bounded(
+                    response,
+                    max_download,
+                    deadline,
+                    shown,
+                    stop=stop,
+                    transfer=transfer,
+                    expected=length,
+                )
+                found_etag = response.headers.get("ETag")
+                found_last_modified = response.headers.get("Last-Modified")
+                name = Path(urllib.parse.urlsplit(response.geturl()).path).name or shown
+            stack.callback(raw.close)
+            if raw.head(4) != b"PK\x03\x04":
+                stream = io.BufferedReader(raw, 256 * 1024)
+            else:
+                if path is not None:
+                    handle.seek(0)
+                    zipped = handle
+                else:
+                    # A zip's directory is at its end: spool the download (bounded) to a file.
+                    zipped = stack.enter_context(
+                        tempfile.TemporaryFile(prefix="colombe-extraction-")
+                    )
+                    shutil.copyfileobj(raw, zipped, 1024 * 1024)
+                    zipped.seek(0)
+                archive = stack.enter_context(zipfile.ZipFile(zipped))
+                member = _extraction_member(archive, shown)
+                if member.file_size > MAX_TEXT_BYTES:
+                    raise ExtractionRefused(f"{shown}: {member.filename} is larger than allowed")
                 try:
-                    archive = stack.enter_context(zipfile.ZipFile(stream))
-                except zipfile.BadZipFile as exc:
-                    raise ExtractionRefused(f"{shown}: damaged zip ({exc})") from None
-            member = _extraction_member(archive, shown)
-            if member.file_size > MAX_TEXT_BYTES:
-                raise ExtractionRefused(f"{shown}: {member.filename} is larger than allowed")
-            try:
-                inner = stack.enter_context(archive.open(member))
-            except (zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
-                raise ExtractionRefused(f"{shown}: cannot open {member.filename}: {exc}") from None
-            stream = stack.enter_context(
-                io.BufferedReader(_Bounded(inner, limit, deadline, shown), 256 * 1024)
-            )
-            name = member.filename
-        yield stream, name
+                    inner = stack.enter_context(archive.open(member))
+                except (zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
+                    raise ExtractionRefused(
+                        f"{shown}: cannot open {member.filename}: {exc}"
+                    ) from None
+                stream = io.BufferedReader(
+                    _Bounded(inner, MAX_TEXT_BYTES, deadline, shown, stop=stop), 256 * 1024
+                )
+                stack.callback(stream.close)
+                name = member.filename
+            yield OpenedExtraction(stream, name, found_etag, found_last_modified)
+    except Exception as exc:
+        if stop.is_set() and not isinstance(exc, ExtractionError):
+            raise ImportCancelled(f"{shown}: reading stopped") from None
+        error = _failure(exc, source, shown)
+        if error is exc:
+            raise
+        raise error from None
 
 
 def _extraction_member(archive: zipfile.ZipFile, shown: str) -> zipfile.ZipInfo:
-    texts = [i for i in archive.infolist() if i.filename.lower().endswith(".txt")]
+    # Directory entries and the resource forks a Mac adds (__MACOSX/, ._name) are not candidates.
+    texts = [
+        i
+        for i in archive.infolist()
+        if not i.is_dir()
+        and not i.filename.startswith("__MACOSX/")
+        and not Path(i.filename).name.startswith("._")
+        and i.filename.lower().endswith(".txt")
+    ]
     if len(texts) > 1:
         texts = [i for i in texts if "extraction_correspondance_mssante" in i.filename.lower()]
     if len(texts) != 1:
@@ -443,6 +756,11 @@ class ExtractionReport:
     duplicate_samples: list[int] = field(default_factory=list)
     seconds: float = 0.0
     generation: int | None = None
+    # The server's validators of the file read (https), kept with the import record.
+    etag: str | None = None
+    last_modified: str | None = None
+    # The server answered 304 to the validators given: nothing was imported or recorded.
+    not_modified: bool = False
 
     def note_bad(self, line: int, problem: str) -> None:
         self.bad_lines += 1
@@ -462,6 +780,8 @@ class ExtractionReport:
             "seconds": round(self.seconds, 1),
             "bad_line_samples": [[n, p] for n, p in self.bad_line_samples],
             "duplicate_samples": self.duplicate_samples,
+            "etag": self.etag,
+            "last_modified": self.last_modified,
         }
 
 
@@ -475,7 +795,7 @@ class _Batch:
 class _LineReader:
     """Splits a binary stream into data lines, each bounded, and parses them into batches."""
 
-    def __init__(self, stream: io.BufferedReader) -> None:
+    def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
         self.line_number = 0
         first = self._next_line()
@@ -539,12 +859,15 @@ class _LineReader:
 def _read_in_thread(
     source: str,
     ca_file: str | None,
+    etag: str | None,
+    last_modified: str | None,
     loop: asyncio.AbstractEventLoop,
     queue: asyncio.Queue[tuple[str, Any]],
-    stop: threading.Event,
+    stop: _Stop,
 ) -> None:
-    """The reader thread: opens the source and puts ("name", str), ("batch", _Batch)...,
-    then ("end", None) or ("error", exception) on ``queue``. Stops when ``stop`` is set."""
+    """The reader thread: opens the source and puts ("opened", (name, etag, last_modified)),
+    ("batch", _Batch)..., then ("end", None), or ("not_modified", None), or ("error",
+    ExtractionError) on ``queue``. Stops when ``stop`` is set."""
 
     def put(kind: str, value: Any) -> bool:
         future = asyncio.run_coroutine_threadsafe(queue.put((kind, value)), loop)
@@ -559,10 +882,12 @@ def _read_in_thread(
         return False
 
     try:
-        with open_extraction(source, ca_file=ca_file) as (stream, name):
-            reader = _LineReader(stream)
-            if not put("name", name):
+        with open_extraction(
+            source, ca_file=ca_file, etag=etag, last_modified=last_modified, stop=stop
+        ) as opened:
+            if not put("opened", (opened.name, opened.etag, opened.last_modified)):
                 return
+            reader = _LineReader(opened.stream)
             while not stop.is_set():
                 batch = reader.batch(BATCH_LINES)
                 if batch is None:
@@ -570,25 +895,30 @@ def _read_in_thread(
                 if not put("batch", batch):
                     return
         put("end", None)
-    except RuntimeError:
-        # The event loop is closed: nobody is waiting any more.
-        return
-    except ExtractionError as exc:
+    except NotModified:
         with contextlib.suppress(RuntimeError):
-            put("error", exc)
-    except (OSError, zipfile.BadZipFile, EOFError, http.client.HTTPException) as exc:
-        # A zip whose CRC or length is wrong, a connection cut in the middle.
-        with contextlib.suppress(RuntimeError):
-            put("error", ExtractionUnavailable(f"{describe_source(source)}: {exc!r}"))
+            put("not_modified", None)
     except Exception as exc:
-        # Anything else is a bug: handed over as is, so the import fails instead of waiting.
-        with contextlib.suppress(RuntimeError):
-            put("error", exc)
+        # Whatever happened, the consumer hears of it (it would wait for ever otherwise), unless
+        # it is gone: the import stopped us, or the event loop is closed.
+        if stop.is_set() or loop.is_closed():
+            return
+        error = _failure(exc, source, describe_source(source))
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            put("error", error)
 
 
 # -- the import -------------------------------------------------------------------------------
 
 Progress = Callable[[ExtractionReport], None]
+
+
+def _store_failure(exc: Exception) -> ExtractionError:
+    """An error of the store (or a bug) during an import, as an :class:`ExtractionError`."""
+    if isinstance(exc, ExtractionError):
+        return exc
+    log.debug("address book import: unexpected error", exc_info=exc)
+    return ExtractionUnavailable(f"store: {type(exc).__name__}: {exc}")
 
 
 async def import_extraction(
@@ -599,21 +929,83 @@ async def import_extraction(
     ca_file: str | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    etag: str | None = None,
+    last_modified: str | None = None,
 ) -> ExtractionReport:
     """Import the extraction at ``source`` as the new national address book.
 
     Takes the ``addressbook-import`` lease for ``holder`` (raises :class:`ImportBusy` if another
-    process holds it). On success the new book is current and the report says what was read; on
-    any :class:`ExtractionError` the current book is unchanged. ``force`` accepts a file that
-    would shrink the book below MIN_SIZE_RATIO of its size.
+    process holds it) and renews it every LEASE_RENEW_SECONDS while the import runs; if it is
+    lost, the import stops. On success the new book is current and the report says what was
+    read; on any :class:`ExtractionError` (every error is one) the current book is unchanged.
+    ``force`` accepts a file that would shrink the book below MIN_SIZE_RATIO of its size.
+    ``etag``/``last_modified``: the validators of a file already seen; if the server answers
+    304, nothing is imported or recorded and the report says ``not_modified``.
     """
-    if not await store.acquire_lease(LEASE, holder, LEASE_TTL):
-        raise ImportBusy("another process is importing the extraction; try again later")
     try:
-        return await _import_holding_lease(store, source, holder, ca_file, force, progress)
+        taken = await store.acquire_lease(LEASE, holder, LEASE_TTL)
+    except Exception as exc:
+        raise _store_failure(exc) from None
+    if not taken:
+        raise ImportBusy("another process is importing the extraction; try again later")
+    lost: asyncio.Future[ExtractionError] = asyncio.get_running_loop().create_future()
+    keeper = asyncio.create_task(_keep_lease(store, holder, lost), name="addressbook-lease")
+    work = asyncio.create_task(
+        _import_holding_lease(
+            store, source, holder, ca_file, force, progress, etag, last_modified, lost
+        ),
+        name="addressbook-import-work",
+    )
+    try:
+        try:
+            first: set[asyncio.Future[Any]] = {work, lost}
+            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not work.done():
+                # The lease is lost, or we are cancelled: the work stops and records its failure.
+                work.cancel()
+                await asyncio.wait({work})
+        if work.cancelled() and lost.done():
+            raise lost.result()
+        return work.result()
     finally:
+        keeper.cancel()
+        await asyncio.wait({keeper})
         with contextlib.suppress(Exception):
             await store.release_lease(LEASE, holder)
+
+
+async def _keep_lease(store: Store, holder: str, lost: asyncio.Future[ExtractionError]) -> None:
+    """Renew the import lease every LEASE_RENEW_SECONDS; settle ``lost`` when it is gone."""
+    renewed = time.monotonic()
+    ttl = LEASE_TTL.total_seconds()
+    # Never less than four renewals per TTL, whatever the two settings say.
+    period = min(LEASE_RENEW_SECONDS, ttl / 4)
+    # Bounded: ends when the lease is lost, or cancelled at the end of the import.
+    while True:
+        await asyncio.sleep(period)
+        try:
+            held = await store.acquire_lease(LEASE, holder, LEASE_TTL)
+        except Exception as exc:
+            # The store may come back before the lease expires: try again at the next period.
+            if time.monotonic() - renewed + period < ttl:
+                log.warning(
+                    "address book import: cannot renew the import lease (%s); will try again",
+                    type(exc).__name__,
+                )
+                continue
+            held = False
+        if held:
+            renewed = time.monotonic()
+            continue
+        if not lost.done():
+            lost.set_result(
+                ExtractionUnavailable(
+                    "the import lease was lost (another process took it, or it could not be "
+                    "renewed): import abandoned, the address book is unchanged"
+                )
+            )
+        return
 
 
 async def _import_holding_lease(
@@ -623,44 +1015,55 @@ async def _import_holding_lease(
     ca_file: str | None,
     force: bool,
     progress: Progress | None,
+    etag: str | None,
+    last_modified: str | None,
+    lost: asyncio.Future[ExtractionError],
 ) -> ExtractionReport:
     shown = describe_source(source)
     report = ExtractionReport(source=shown)
     started = time.monotonic()
-    generation = await store.start_address_book_import(shown)
-    report.generation = generation
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=QUEUE_BATCHES)
-    stop = threading.Event()
+    stop = _Stop()
     # A daemon thread, not the default executor: a download stuck in a socket read must not hold
     # the process at exit (serve stopping, an interrupted CLI).
     thread = threading.Thread(
         target=_read_in_thread,
-        args=(source, ca_file, loop, queue, stop),
+        args=(source, ca_file, etag, last_modified, loop, queue, stop),
         name="extraction-reader",
         daemon=True,
     )
     thread.start()
-    renewed = time.monotonic()
+    generation: int | None = None
     try:
-        # Bounded: the reader thread ends with "end" or "error", and reads at most MAX_LINES.
-        while True:
-            kind, value = await queue.get()
+        # Bounded: the reader thread ends with "end", "not_modified" or "error", and reads at
+        # most MAX_LINES.
+        kind, value = await queue.get()
+        if kind == "not_modified":
+            # The file already imported or refused: no import to record.
+            report.not_modified = True
+            report.etag, report.last_modified = etag, last_modified
+            return report
+        generation = await store.start_address_book_import(shown)
+        report.generation = generation
+        while kind != "end":
             if kind == "error":
                 raise value
-            if kind == "end":
-                break
-            if kind == "name":
-                report.name = value
-                continue
-            await _write_batch(store, generation, value, report)
-            if time.monotonic() - renewed > LEASE_RENEW_SECONDS:
-                await store.acquire_lease(LEASE, holder, LEASE_TTL)
-                renewed = time.monotonic()
-            report.seconds = time.monotonic() - started
-            if progress is not None:
-                progress(report)
+            if kind == "opened":
+                report.name, report.etag, report.last_modified = value
+            elif kind == "batch":
+                await _write_batch(store, generation, value, report)
+                report.seconds = time.monotonic() - started
+                if progress is not None:
+                    progress(report)
+            kind, value = await queue.get()
         _check(report, await store.current_address_book(), force)
+        # The lease may have been taken since the last renewal: never switch books without it.
+        if not await store.acquire_lease(LEASE, holder, LEASE_TTL):
+            raise ExtractionUnavailable(
+                "the import lease was lost before the end: import abandoned, the address book "
+                "is unchanged"
+            )
         report.seconds = time.monotonic() - started
         await store.finish_address_book_import(
             generation,
@@ -679,13 +1082,30 @@ async def _import_holding_lease(
         )
         return report
     except BaseException as exc:
-        stop.set()
+        stop.set()  # the reader thread stops, its download is cut
         report.seconds = time.monotonic() - started
-        detail = report.detail() | {"error": str(exc) or type(exc).__name__}
-        # Shielded: a cancelled import (serve stopping) still deletes what it wrote.
+        error: BaseException = exc
+        if lost.done():
+            error = lost.result()
+        elif isinstance(exc, Exception):
+            error = _store_failure(exc)
+        detail = report.detail() | {
+            "error": str(error) or type(error).__name__,
+            "refused": isinstance(error, ExtractionRefused),
+        }
+        # Shielded: a cancelled import (serve stopping) still records its failure and deletes
+        # what it wrote.
+        # An import cancelled before its source answered (serve stopping, a conditional request
+        # under way) leaves no record: there is nothing to say about the file.
+        recorded = generation is not None or not isinstance(error, asyncio.CancelledError)
         with contextlib.suppress(Exception):
-            await asyncio.shield(store.fail_address_book_import(generation, detail))
-        raise
+            if generation is None and recorded:
+                generation = await asyncio.shield(store.start_address_book_import(shown))
+            if generation is not None:
+                await asyncio.shield(store.fail_address_book_import(generation, detail))
+        if error is exc or not isinstance(exc, Exception):
+            raise
+        raise error from None
 
 
 async def _write_batch(
