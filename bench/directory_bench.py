@@ -18,6 +18,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import make_url
@@ -66,7 +67,9 @@ def query_mix(rng: random.Random) -> tuple[str, dict[str, str | None]]:
     return kind, q
 
 
-async def run(backend: str, entries: int, queries: int, tmp: Path, extraction: Path) -> dict:
+async def run(
+    backend: str, entries: int, queries: int, tmp: Path, extraction: Path
+) -> dict[str, Any]:
     pg_name = f"colombe_bench_dir_{os.getpid()}"
     if backend == "sqlite":
         url = f"sqlite:///{tmp / 'colombe.db'}"

@@ -13,6 +13,7 @@ never a mix, even while the old generation is being deleted.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,10 +43,15 @@ from store.text import prefix_upper_bound, search_key
 # Rows deleted per transaction when a generation goes: each transaction holds the SQLite write
 # lock for a few milliseconds only.
 DELETE_BATCH = 5000
-# A search is driven by its most selective indexed criterion when that one matches fewer entries
-# than this; otherwise the name index is walked in result order until the page is full (the
-# criteria are then common enough that the page fills quickly).
-DRIVER_CAP = 20_000
+# An indexed criterion can drive a search (all its entries read, the page sorted from them) when
+# it matches fewer entries than this; it is counted up to this many (see
+# AddressBookStore._choose_plan). Otherwise an index is walked in result order.
+DRIVER_CAP = 50_000
+# The plan's estimates (see AddressBookStore._choose_plan): a table row read beside an index entry
+# costs this many index entries; the share of entries a profession or a BAL type keeps.
+HEAP_COST = 4.0
+GUESSED_PROFESSION_SELECTIVITY = 0.1
+GUESSED_TYPE_SELECTIVITY = 0.5
 MAX_SEARCH_LIMIT = 1000
 # Local BALs are filtered on city and profession in Python (accent folding): read by pages.
 LOCAL_PAGE = 500
@@ -182,6 +188,15 @@ def _like_prefix(prefix: str) -> str:
     return escaped + "%"
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How a search reads its page: ``kind`` names the index it starts from (word: the words
+    index, for ``word``; city, departement, address, name: an index of address_book)."""
+
+    kind: str
+    word: str | None = None
+
+
 class AddressBookStore:
     """Mixin: needs ``self.db`` (provided by :class:`store.Store`)."""
 
@@ -252,14 +267,18 @@ class AddressBookStore:
                     )
                 )
             }
-            words: list[tuple[int, str, int]] = []
+            words: list[tuple[int, str, int, str, str]] = []
             added: list[bool] = []
             for e, row in zip(entries, rows, strict=True):
                 # Within one batch the same address may come twice: the first one was inserted.
                 entry_id = inserted.pop(e.address, None)
                 added.append(entry_id is not None)
                 if entry_id is not None:
-                    words.extend((generation, w, entry_id) for w in set(row[-3].split()))
+                    name_key = row[-3]
+                    words.extend(
+                        (generation, w, entry_id, name_key, e.address)
+                        for w in set(name_key.split())
+                    )
             if words:
                 await conn.exec_driver_sql(words_sql, words)
         return added
@@ -268,16 +287,17 @@ class AddressBookStore:
         columns = ("generation", *_ENTRY_FIELDS, "name_key", "profession_key", "city_key")
         if self.db.is_postgresql:
             marks = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-            word_marks = "$1, $2, $3"
+            word_marks = "$1, $2, $3, $4, $5"
         else:
             marks = ", ".join("?" for _ in columns)
-            word_marks = "?, ?, ?"
+            word_marks = "?, ?, ?, ?, ?"
         entry_sql = (
             f"INSERT INTO {address_book.name} ({', '.join(columns)}) VALUES ({marks}) "
             "ON CONFLICT (generation, address) DO NOTHING"
         )
         words_sql = (
-            f"INSERT INTO {address_book_words.name} (generation, word, entry) VALUES ({word_marks})"
+            f"INSERT INTO {address_book_words.name} (generation, word, entry, name_key, address) "
+            f"VALUES ({word_marks})"
         )
         return entry_sql, words_sql
 
@@ -315,7 +335,19 @@ class AddressBookStore:
                 raise InvalidInput(f"address book import {generation} is not running")
         await self._purge_generations(keep=(generation,))
         await self._prune_import_records()
+        await self._vacuum_address_book()
         return _import(row)
+
+    async def _vacuum_address_book(self) -> None:
+        """PostgreSQL, once the old generation is gone: statistics for the planner, and the
+        visibility map without which the searches could not read their indexes alone (index-only
+        scans). SQLite plans its searches with the indexes they name."""
+        if not self.db.is_postgresql:
+            return
+        async with self.db.writer.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            for table in (address_book, address_book_words):
+                await conn.exec_driver_sql(f"VACUUM (ANALYZE) {table.name}")
 
     async def fail_address_book_import(
         self, generation: int, detail: dict[str, Any]
@@ -419,49 +451,74 @@ class AddressBookStore:
         """Entries of the current generation matching ``query``, by name then address.
 
         ``hide_unlisted_local``: leave out the addresses of our own BALs that must not be shown
-        (liste rouge, suspended, closed), even if a stale extraction still lists them.
+        (liste rouge, suspended, closed), even if a stale extraction still lists them. They are
+        few: the page is read first, then those of its addresses are looked up among our BALs,
+        and the page read again, longer, in the rare case that some were hidden (or that the
+        same entry came twice, see _search_statement).
         """
         limit = max(1, min(limit, MAX_SEARCH_LIMIT))
-        ab = address_book
         async with self.db.reader.connect() as conn:
-            generation = (await conn.execute(select(_current_generation_subquery()))).scalar()
-            if generation is None:
-                return []
-            driver = await self._choose_driver(conn, generation, query)
-            conditions = self._entry_conditions(query)
-            # The generation read again inside the statement: atomic with respect to a switch.
-            # A driver (a subquery of ids) restricts to it already; naming it here too would
-            # let SQLite prefer walking the generation's name index over the driver's few ids.
-            if driver is not None:
-                conditions.append(driver)
-            else:
-                conditions.append(ab.c.generation == _current_generation_subquery())
-            if hide_unlisted_local:
-                ours: ColumnElement[str] = ab.c.address
-                if self.db.is_postgresql:
-                    # bals.address has the database's collation, ours is "C": compare in the
-                    # former so that the unique index of bals is used.
-                    ours = ours.collate("default")
-                conditions.append(
-                    ~select(bals.c.id)
-                    .where(
-                        bals.c.address == ours,
-                        or_(bals.c.status != BalStatus.ACTIVE.value, bals.c.liste_rouge),
+            current = (
+                await conn.execute(
+                    select(address_book_imports.c.id, address_book_imports.c.entries).where(
+                        address_book_imports.c.id == _current_generation_subquery()
                     )
-                    .exists()
                 )
-            statement: Select[Any] = (
-                select(*(ab.c[name] for name in _ENTRY_FIELDS))
-                .where(*conditions)
-                .order_by(ab.c.name_key, ab.c.address)
-                .limit(limit)
-            )
-            rows = (await conn.execute(statement)).all()
-        return [_entry(r) for r in rows]
+            ).first()
+            if current is None:
+                return []
+            plan = await self._choose_plan(conn, current.id, current.entries, query, limit)
+            wanted = limit
+            while True:
+                rows = (await conn.execute(self._search_statement(query, plan, wanted))).all()
+                # The same entry twice (two of its words start with the driving word) comes
+                # twice in a row: sorted by name, then address.
+                unique = [
+                    r for i, r in enumerate(rows) if i == 0 or r.address != rows[i - 1].address
+                ]
+                hidden = (
+                    await self._hidden_local(conn, [r.address for r in unique])
+                    if hide_unlisted_local
+                    else set()
+                )
+                visible = [r for r in unique if r.address not in hidden]
+                if len(visible) >= limit or len(rows) < wanted:
+                    return [_entry(r) for r in visible[:limit]]
+                # Strictly more each round: fewer than ``limit`` visible among ``wanted`` rows.
+                wanted = len(rows) + limit - len(visible)
 
-    def _entry_conditions(self, query: DirectoryQuery) -> list[ColumnElement[bool]]:
+    async def _hidden_local(self, conn: AsyncConnection, addresses: Sequence[str]) -> set[str]:
+        """Those of ``addresses`` that are our BALs and must not be shown."""
+        if not addresses:
+            return set()
+        statement = select(bals.c.address).where(
+            bals.c.address.in_(sorted(set(addresses))),
+            or_(bals.c.status != BalStatus.ACTIVE.value, bals.c.liste_rouge),
+        )
+        return set((await conn.execute(statement)).scalars())
+
+    def _entry_conditions(
+        self, query: DirectoryQuery, driver: str | None = None
+    ) -> list[ColumnElement[bool]]:
         ab = address_book
         conditions = _has_word_prefixes(ab.c.name_key, query.words)
+        conditions += self._filter_conditions(query, driver)
+        return conditions
+
+    def _filter_conditions(
+        self, query: DirectoryQuery, driver: str | None = None
+    ) -> list[ColumnElement[bool]]:
+        """The conditions of ``query`` other than its words. On SQLite, which has no statistics
+        to choose from, only the ``driver`` column's condition can use its index."""
+        ab = address_book
+
+        def column(name: str) -> Any:
+            if name == driver or self.db.is_postgresql:
+                return ab.c[name]
+            # "x || ''": the same value, but no index of x serves the condition.
+            return ab.c[name].concat("")
+
+        conditions: list[ColumnElement[bool]] = []
         if query.profession_words or query.profession_code:
             alternatives = []
             if query.profession_code:
@@ -472,83 +529,185 @@ class AddressBookStore:
                 )
             conditions.append(or_(*alternatives))
         if query.city:
-            conditions.append(_prefix_range(ab.c.city_key, query.city))
+            conditions.append(_prefix_range(column("city_key"), query.city))
         if query.departement:
-            conditions.append(ab.c.departement == query.departement)
+            conditions.append(column("departement") == query.departement)
         if query.bal_type:
             conditions.append(ab.c.bal_type == query.bal_type)
         if query.address:
-            conditions.append(_prefix_range(ab.c.address, query.address))
+            conditions.append(_prefix_range(column("address"), query.address))
         return conditions
 
-    async def _choose_driver(
-        self, conn: AsyncConnection, generation: int, query: DirectoryQuery
-    ) -> ColumnElement[bool] | None:
-        """The condition that restricts the search to the fewest entries, when one matches fewer
-        than DRIVER_CAP of them (each candidate counted through its index, up to the cap).
+    async def _choose_plan(
+        self, conn: AsyncConnection, generation: int, total: int, query: DirectoryQuery, limit: int
+    ) -> _Plan:
+        """The cheapest way to read the page, by an estimate of the index entries and table rows
+        each way reads.
 
-        None: every criterion is common; walking the name index in order fills the page fastest.
+        Each indexed criterion (a word, the city, the département, the address) is counted, up to
+        DRIVER_CAP (see _count_candidates). A criterion below the cap can
+        drive: its entries are all read and the page sorted from them. Or an index is walked in
+        result order (the département's, else the names') until the page is full: about
+        ``limit`` divided by the selectivity of the other criteria (taken as independent). Every
+        index ends with (name_key, address), so the words are checked in the index entries; the
+        other criteria cost a table row each.
         """
         ab, words = address_book, address_book_words
-        candidates: list[tuple[ColumnElement[bool], ColumnElement[bool]]] = []
-        for word in query.words:
-            in_words = and_(words.c.generation == generation, _prefix_range(words.c.word, word))
-            entries = select(words.c.entry).where(
-                words.c.generation == _current_generation_subquery(),
-                _prefix_range(words.c.word, word),
+        counted: list[tuple[_Plan, Select[Any]]] = [
+            (
+                _Plan("word", word),
+                select(words.c.generation).where(
+                    words.c.generation == generation, _prefix_range(words.c.word, word)
+                ),
             )
-            candidates.append((in_words, ab.c.id.in_(entries)))
-        # (condition on address_book, the same on an alias for the subquery of ids)
-        column_drivers: list[tuple[ColumnElement[bool], Any]] = []
-        d = address_book.alias("d")
-
-        def ids_of(condition: ColumnElement[bool]) -> Any:
-            return (
-                select(d.c.id)
-                .where(d.c.generation == _current_generation_subquery(), condition)
-                .scalar_subquery()
-            )
-
+            for word in query.words
+        ]
+        on_table = select(ab.c.generation).where(ab.c.generation == generation)
         if query.city:
-            column_drivers.append(
-                (
-                    _prefix_range(ab.c.city_key, query.city),
-                    ids_of(_prefix_range(d.c.city_key, query.city)),
-                )
+            counted.append(
+                (_Plan("city"), on_table.where(_prefix_range(ab.c.city_key, query.city)))
             )
         if query.departement:
-            column_drivers.append(
-                (
-                    ab.c.departement == query.departement,
-                    ids_of(d.c.departement == query.departement),
-                )
+            counted.append(
+                (_Plan("departement"), on_table.where(ab.c.departement == query.departement))
             )
         if query.address:
-            column_drivers.append(
-                (
-                    _prefix_range(ab.c.address, query.address),
-                    ids_of(_prefix_range(d.c.address, query.address)),
+            counted.append(
+                (_Plan("address"), on_table.where(_prefix_range(ab.c.address, query.address)))
+            )
+        if not counted:
+            return _Plan("name")
+        if len(counted) == 1 and query.departement:
+            # In result order after the code: nothing to compare it with.
+            return _Plan("departement")
+        counts_row = await self._count_candidates(conn, [s for _, s in counted])
+        total = max(total, DRIVER_CAP, 1)
+        counts = {plan: int(n) for (plan, _), n in zip(counted, counts_row, strict=True)}
+        selectivity = {plan: max(n, 1) / total for plan, n in counts.items()}
+        guessed = 1.0
+        if query.profession_words or query.profession_code:
+            guessed *= GUESSED_PROFESSION_SELECTIVITY
+        if query.bal_type:
+            guessed *= GUESSED_TYPE_SELECTIVITY
+        word_plans = [p for p in counts if p.kind == "word"]
+
+        def product(plans: Sequence[_Plan]) -> float:
+            result = 1.0
+            for p in plans:
+                result *= selectivity[p]
+            return result
+
+        def cost(plan: _Plan, ordered: bool) -> float:
+            # Criteria read in the index entries of ``plan``, and whether others need the row.
+            index_only = [p for p in word_plans if p != plan] if plan.kind != "address" else []
+            needs_row = guessed < 1 or any(p not in index_only and p != plan for p in counts)
+            served = selectivity[plan] if plan.kind != "name" else 1.0
+            if ordered:
+                rest = guessed * product([p for p in counts if p != plan])
+                entries = min(total * served, limit / rest)
+                if any(p != plan for p in word_plans):
+                    # Not independent of the order: the entries of a last name are together,
+                    # so the walk may have to get to them first (half the index, on average).
+                    entries = min(total * served, max(entries, total * served / 2))
+            else:
+                entries = counts[plan]
+            rows = entries * product(index_only) if needs_row else 0.0
+            return entries + HEAP_COST * rows
+
+        name = _Plan("name")
+        selectivity[name] = 1.0
+        options = [(cost(name, ordered=True), name)]
+        for plan, n in counts.items():
+            if plan.kind == "departement":
+                options.append((cost(plan, ordered=True), plan))
+            elif n < DRIVER_CAP:
+                options.append((cost(plan, ordered=False), plan))
+        return min(options, key=lambda option: option[0])[1]
+
+    async def _count_candidates(
+        self, conn: AsyncConnection, statements: Sequence[Select[Any]]
+    ) -> list[int]:
+        """The rows of each of ``statements``, up to DRIVER_CAP. PostgreSQL: the planner's
+        estimate (its statistics of the prefix ranges are close enough to choose a plan, and
+        counting would read as many index entries as the search itself); SQLite, which has
+        none: counted through the index, in one statement."""
+        if self.db.is_postgresql:
+            counts = []
+            for statement in statements:
+                # Literal values: folded keys and integers only.
+                sql = statement.compile(conn.engine, compile_kwargs={"literal_binds": True})
+                explained = (
+                    await conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}")
+                ).scalar_one()
+                plan: Any = json.loads(explained) if isinstance(explained, str) else explained
+                counts.append(min(int(plan[0]["Plan"]["Plan Rows"]), DRIVER_CAP))
+            return counts
+        row = (
+            await conn.execute(
+                select(
+                    *(
+                        select(func.count())
+                        .select_from(s.limit(DRIVER_CAP).subquery())
+                        .scalar_subquery()
+                        for s in statements
+                    )
                 )
             )
-        best: tuple[int, ColumnElement[bool]] | None = None
-        for count_condition, driver in candidates:
-            inner = select(words.c.id).where(count_condition).limit(DRIVER_CAP).subquery()
-            n = (await conn.execute(select(func.count()).select_from(inner))).scalar_one()
-            if n < DRIVER_CAP and (best is None or n < best[0]):
-                best = (n, driver)
-        for condition, ids in column_drivers:
-            inner = (
-                select(ab.c.id)
-                .where(ab.c.generation == generation, condition)
-                .limit(DRIVER_CAP)
-                .subquery()
+        ).one()
+        return [int(n) for n in row]
+
+    def _search_statement(self, query: DirectoryQuery, plan: _Plan, limit: int) -> Select[Any]:
+        """The page of ``query`` read the way ``plan`` says. The generation is read again inside
+        the statement: atomic with respect to a switch."""
+        ab, words = address_book, address_book_words
+        fields = [ab.c[name] for name in _ENTRY_FIELDS]
+        if plan.kind == "word":
+            # One index entry per matching word of an entry: the caller drops the repeats
+            # (cheaper than DISTINCT, which would have to group every match before sorting).
+            others = [w for w in query.words if w != plan.word]
+            filters = self._filter_conditions(query)
+            page = select(words.c.name_key, words.c.address).where(
+                words.c.generation == _current_generation_subquery(),
+                _prefix_range(words.c.word, plan.word or ""),
+                *_has_word_prefixes(words.c.name_key, others),
             )
-            n = (await conn.execute(select(func.count()).select_from(inner))).scalar_one()
-            if n < DRIVER_CAP and (best is None or n < best[0]):
-                # As a subquery of ids, like the words: the planner then starts from it instead
-                # of walking the name index to spare a sort (SQLite has no statistics to tell).
-                best = (n, ab.c.id.in_(ids))
-        return None if best is None else best[1]
+            if filters:
+                page = page.join(
+                    ab, and_(ab.c.generation == words.c.generation, ab.c.address == words.c.address)
+                ).where(*filters)
+            inner = page.order_by(words.c.name_key, words.c.address).limit(limit).subquery("page")
+        else:
+            column = {"city": "city_key", "departement": "departement", "address": "address"}.get(
+                plan.kind
+            )
+            order: list[Any] = [ab.c.name_key, ab.c.address]
+            if plan.kind in ("city", "address") and not self.db.is_postgresql:
+                # Sorted, not read in order from the name index.
+                order = [c.concat("") for c in order]
+            inner = (
+                select(ab.c.name_key, ab.c.address)
+                .where(
+                    ab.c.generation == _current_generation_subquery(),
+                    *self._entry_conditions(query, column),
+                )
+                .order_by(*order)
+                .limit(limit)
+                .subquery("page")
+            )
+        # Ordered by the page's columns: with the order of address_book's, SQLite would rather
+        # walk its name index than look the page's few addresses up.
+        return (
+            select(*fields)
+            .select_from(inner)
+            .join(
+                ab,
+                and_(
+                    ab.c.generation == _current_generation_subquery(),
+                    ab.c.address == inner.c.address,
+                ),
+            )
+            .order_by(inner.c.name_key, inner.c.address)
+        )
 
     async def search_bals(
         self, query: DirectoryQuery, *, limit: int = 20, include_unpublishable: bool = False

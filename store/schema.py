@@ -307,15 +307,30 @@ address_book = Table(
     Column("profession_key", SearchKey, nullable=False),
     Column("city_key", SearchKey, nullable=False),
     UniqueConstraint("generation", "address"),
-    Index(None, "generation", "name_key", "address"),
-    Index(None, "generation", "city_key"),
-    Index(None, "generation", "departement"),
+    # Each filter's index ends with the order of the results: a département is walked in result
+    # order, a city prefix is sorted from the index alone; searches name these indexes (SQLite).
+    Index("ix_address_book_generation_name_key_address", "generation", "name_key", "address"),
+    Index(
+        "ix_address_book_generation_city_key_name_key_address",
+        "generation",
+        "city_key",
+        "name_key",
+        "address",
+    ),
+    Index(
+        "ix_address_book_generation_departement_name_key_address",
+        "generation",
+        "departement",
+        "name_key",
+        "address",
+    ),
 )
 
-# Every distinct word of an entry's name_key: "every query word is the prefix of a word of the
-# name" is then a range scan of this index for the rarest word, wherever the word sits in the
-# name ("herriot" finds "Hôpital Édouard-Herriot"). No foreign key: generations are deleted in
-# bulk, per table.
+# Every distinct word of an entry's name_key, with the entry and its order key (name_key, address):
+# "every query word is the prefix of a word of the name" is then a range scan of this index for
+# the rarest word, wherever the word sits in the name ("herriot" finds "Hôpital Édouard-Herriot"),
+# and the other words and the order are read from the same index entries; the entry is then the
+# one of (generation, address). No foreign key: generations are deleted in bulk, per table.
 address_book_words = Table(
     "address_book_words",
     metadata,
@@ -323,7 +338,18 @@ address_book_words = Table(
     Column("generation", Id, nullable=False),
     Column("word", SearchKey, nullable=False),
     Column("entry", Id, nullable=False),
-    Index(None, "generation", "word", "entry"),
+    Column("name_key", SearchKey, nullable=False),
+    Column("address", SearchKey, nullable=False),
+    # entry before the order key: an import appends to the index instead of inserting all over
+    # it (the order key is there to be read, the page is sorted anyway: a prefix spans words).
+    Index(
+        "ix_address_book_words_generation_word_entry_name_key_address",
+        "generation",
+        "word",
+        "entry",
+        "name_key",
+        "address",
+    ),
 )
 
 # Order in which the port tool copies tables (parents before children).

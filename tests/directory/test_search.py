@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from directory.extraction import import_extraction
-from directory.search import SearchError, search
+from directory.search import SearchError, build_query, search
 from store import BalStatus, BalType, Store
+from store.address_book import AddressBookStore, DirectoryQuery, _Plan
+from store.schema import address_book
 from tests.colombe.processes import refused, run
 from tests.conftest import StoreLocation
-from tests.directory.extraction_gen import HEADER
+from tests.directory.extraction_gen import HEADER, write_extraction
 
 DOMAIN = "hopital-test.mssante.fr"
 
@@ -115,6 +119,70 @@ async def test_filters(store: Store, tmp_path: Path) -> None:
     for bad in ({"departement": "7X"}, {"departement": "ABC"}, {"bal_type": "XYZ"}, {}):
         with pytest.raises(SearchError):
             await search(store, **bad)
+
+
+def _matches(row: Any, q: DirectoryQuery) -> bool:
+    """What a search means, in Python, for an address_book row."""
+    name, profession = f" {row.name_key}", f" {row.profession_key}"
+    if not all(f" {w}" in name for w in q.words):
+        return False
+    if q.profession_words or q.profession_code:
+        by_code = q.profession_code is not None and row.profession_code == q.profession_code
+        by_words = bool(q.profession_words) and all(
+            f" {w}" in profession for w in q.profession_words
+        )
+        if not (by_code or by_words):
+            return False
+    return (
+        (not q.city or row.city_key.startswith(q.city))
+        and (not q.departement or row.departement == q.departement)
+        and (not q.bal_type or row.bal_type == q.bal_type)
+        and (not q.address or row.address.startswith(q.address))
+    )
+
+
+async def test_every_plan_finds_the_same_page(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whichever index a search starts from, the same entries in the same order; an entry two of
+    whose words start with the query word comes once."""
+    path = tmp_path / "extraction.txt"
+    write_extraction(path, 1500, seed=7, quirks=False)
+    with path.open("a", encoding="utf-8") as out:
+        out.write(_line("martin.martine@medecin.mssante.fr", "MARTIN", "Martine") + "\n")
+    await import_extraction(store, str(path), holder="test")
+    async with store.db.reader.connect() as conn:
+        rows = sorted(
+            (await conn.execute(select(address_book))).all(), key=lambda r: (r.name_key, r.address)
+        )
+    chosen: list[_Plan] = []
+    original = AddressBookStore._choose_plan
+
+    async def forced(self: Any, *args: Any) -> _Plan:
+        return chosen[0] if chosen else await original(self, *args)
+
+    monkeypatch.setattr(AddressBookStore, "_choose_plan", forced)
+    queries = [
+        {"text": "mar"},
+        {"text": "martin mar"},
+        {"text": "herriot"},
+        {"text": "gar", "city": "lyo"},
+        {"text": "du", "departement": "69", "profession": "cardio"},
+        {"departement": "2A", "bal_type": "ORG"},
+        {"city": "saint", "profession": "10"},
+        {"address": "ma", "text": "m"},
+        {"text": "zzyzx", "city": "paris"},
+    ]
+    for kwargs in queries:
+        q = build_query(**kwargs)
+        expected = [r.address for r in rows if _matches(r, q)]
+        plans = [_Plan("name"), *(_Plan("word", w) for w in q.words)]
+        plans += [_Plan(k) for k in ("city", "departement", "address") if getattr(q, k)]
+        for limit in (3, 50):
+            for plan in [None, *plans]:
+                chosen[:] = [plan] if plan else []
+                found = await store.search_address_book(q, limit=limit)
+                assert [e.address for e in found] == expected[:limit], (kwargs, plan, limit)
 
 
 def _site(tmp_path: Path, location: StoreLocation) -> Path:

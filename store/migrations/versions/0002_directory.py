@@ -141,8 +141,8 @@ def _create_address_book() -> None:
     with op.batch_alter_table("address_book", schema=None) as batch_op:
         for columns in (
             ("generation", "name_key", "address"),
-            ("generation", "city_key"),
-            ("generation", "departement"),
+            ("generation", "city_key", "name_key", "address"),
+            ("generation", "departement", "name_key", "address"),
         ):
             batch_op.create_index(
                 batch_op.f("ix_address_book_" + "_".join(columns)), list(columns), unique=False
@@ -153,12 +153,14 @@ def _create_address_book() -> None:
         sa.Column("generation", id_type, nullable=False),
         sa.Column("word", _search_key_type(), nullable=False),
         sa.Column("entry", id_type, nullable=False),
+        sa.Column("name_key", _search_key_type(), nullable=False),
+        sa.Column("address", _search_key_type(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_address_book_words")),
     )
     with op.batch_alter_table("address_book_words", schema=None) as batch_op:
         batch_op.create_index(
-            batch_op.f("ix_address_book_words_generation_word_entry"),
-            ["generation", "word", "entry"],
+            batch_op.f("ix_address_book_words_generation_word_entry_name_key_address"),
+            ["generation", "word", "entry", "name_key", "address"],
             unique=False,
         )
 
