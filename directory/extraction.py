@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 # The download's deadline and watchdog, and the rules for plain http and for showing URLs, are
 # those of the whitelist download.
-from directory.whitelist_fetch import _connect, _Deadline, is_loopback_host, redact_url
+from directory.whitelist_fetch import Deadline, connect_within, is_loopback_host, redact_url
 from pki.errors import PkiError
 from pki.loading import load_certificate_file
 from store import Store
@@ -297,13 +297,9 @@ class NotModified(ExtractionError):
     """The server answered ``304 Not Modified`` to a conditional request."""
 
 
-class _Transfer(_Deadline):
-    """The deadline of one download (every socket watched, all shut down at the deadline: see
-    :class:`directory.whitelist_fetch._Deadline`), and its cancellation: :meth:`abort`, from any
-    thread, shuts the sockets down at once, which ends a read blocked on them."""
-
-    def abort(self) -> None:
-        self._expire()
+# The deadline of one download (every socket watched, all shut down at the deadline) and its
+# cancellation: ``abort()``, from any thread, shuts the sockets down at once.
+_Transfer = Deadline
 
 
 class _Stop:
@@ -435,7 +431,7 @@ def _open_socket(
     """A connection within the time left to ``transfer`` (all addresses together), watched by
     it; then each socket operation waits at most SOCKET_TIMEOUT (a stalled server is seen
     long before the deadline)."""
-    sock = _connect(transfer, address, timeout, source_address)
+    sock = connect_within(transfer, address, timeout, source_address)
     sock.settimeout(min(SOCKET_TIMEOUT, transfer.remaining()))
     return sock
 

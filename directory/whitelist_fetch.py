@@ -190,7 +190,7 @@ class _SameSchemeRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-class _Deadline:
+class Deadline:
     """The time left to a download, enforced on every socket it opens.
 
     A server can answer one octet at a time, each within a socket timeout, and so keep a
@@ -224,6 +224,10 @@ class _Deadline:
         if expired:
             _shutdown(duplicate)
 
+    def abort(self) -> None:
+        """End the download now, from any thread: every socket is shut down."""
+        self._expire()
+
     def _expire(self) -> None:
         with self._lock:
             self.expired = True
@@ -244,8 +248,8 @@ def _shutdown(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def _connect(
-    deadline: _Deadline,
+def connect_within(
+    deadline: Deadline,
     address: tuple[str, int],
     timeout: object = None,  # http.client's per-operation timeout: the deadline replaces it
     source_address: tuple[str, int] | None = None,
@@ -274,19 +278,19 @@ def _connect(
 
 
 class _BoundedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._create_connection = functools.partial(_connect, deadline)
+        self._create_connection = functools.partial(connect_within, deadline)
 
 
 class _BoundedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._create_connection = functools.partial(_connect, deadline)
+        self._create_connection = functools.partial(connect_within, deadline)
 
 
 class _BoundedHTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, deadline: _Deadline) -> None:
+    def __init__(self, deadline: Deadline) -> None:
         super().__init__()
         self._deadline = deadline
 
@@ -296,7 +300,7 @@ class _BoundedHTTPHandler(urllib.request.HTTPHandler):
 
 
 class _BoundedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: _Deadline, context: ssl.SSLContext) -> None:
+    def __init__(self, deadline: Deadline, context: ssl.SSLContext) -> None:
         super().__init__(context=context)
         self._deadline = deadline
         self._bounded_context = context
@@ -334,7 +338,7 @@ def download(
     """GET ``url`` (https://, file://, or http:// to a loopback host only), conditionally when
     ``etag``/``last_modified`` of the copy we hold are given. Blocking; bounded in size and in
     total time: ``timeout`` covers connecting, the TLS handshake, the status line, the headers,
-    every redirect hop and the body together (see :class:`_Deadline`); only the resolution of
+    every redirect hop and the body together (see :class:`Deadline`); only the resolution of
     the host name is left to the system resolver's own limits. ``context`` verifies every https
     hop, redirects from http included (the system's store when None). Raises
     :class:`FetchError`; its message never shows the URL's user, password or query."""
@@ -357,7 +361,7 @@ def download(
     refused = _plain_http_refused(url)
     if refused is not None:
         raise refused
-    bound = _Deadline(timeout)
+    bound = Deadline(timeout)
     try:
         return _get(url, bound, context, etag, last_modified, timeout, max_bytes)
     except FetchError as exc:
@@ -374,7 +378,7 @@ def _too_slow(shown: str, timeout: float) -> FetchError:
 
 def _get(
     url: str,
-    deadline: _Deadline,
+    deadline: Deadline,
     context: ssl.SSLContext | None,
     etag: str | None,
     last_modified: str | None,
