@@ -12,7 +12,7 @@ Rules every reply obeys (checked when it is built, so a bad one fails in tests, 
   except the greeting and the replies to HELO/EHLO; its class digit equals the basic code's.
 - RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets, CRLF included.
 - Texts are printable ASCII (no CR, LF or other controls): values that come from the peer (a
-  domain, an address) go through :func:`_clean` first, so a hostile argument can neither split a
+  domain, an address) go through :func:`printable` first, so a hostile argument can neither split a
   reply into two nor smuggle non-ASCII into it. French texts are therefore written without
   accents ("MSSante", "hors de l'espace de confiance").
 
@@ -95,9 +95,10 @@ class Reply:
         return "".join(f"{line}\r\n" for line in self.lines()).encode("ascii")
 
 
-def _clean(value: str, limit: int = MAX_VALUE_CHARS) -> str:
-    """``value`` made safe to quote in a reply: printable ASCII only (anything else becomes
-    ``?``), at most ``limit`` characters (``...`` marks a cut)."""
+def printable(value: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """``value`` made safe to quote in a reply, a DSN field or the queue's last error: one line
+    of printable ASCII (anything else becomes ``?``), at most ``limit`` characters (``...`` marks
+    a cut)."""
     cleaned = "".join(c if " " <= c <= "~" else "?" for c in value)
     if len(cleaned) > limit:
         cleaned = cleaned[: limit - 3] + "..."
@@ -109,17 +110,17 @@ def _clean(value: str, limit: int = MAX_VALUE_CHARS) -> str:
 
 def greeting(hostname: str) -> Reply:
     """220 banner (RFC 5321 §4.3.1; no enhanced code, RFC 2034 §3)."""
-    return Reply(220, None, f"{_clean(hostname)} ESMTP MSSante")
+    return Reply(220, None, f"{printable(hostname)} ESMTP MSSante")
 
 
 def helo(hostname: str) -> Reply:
-    return Reply(250, None, _clean(hostname))
+    return Reply(250, None, printable(hostname))
 
 
 def ehlo(hostname: str, extensions: list[str] | tuple[str, ...]) -> Reply:
     """250 multi-line EHLO reply: our name, then one extension keyword (and parameters) a line
     (RFC 5321 §4.1.1.1). ``extensions`` are ours (``SIZE 10485760``, ``STARTTLS``...)."""
-    return Reply(250, None, "\n".join([_clean(hostname), *extensions]))
+    return Reply(250, None, "\n".join([printable(hostname), *extensions]))
 
 
 CLOSING: Final = Reply(221, "2.0.0", "Bye")
@@ -133,7 +134,7 @@ AUTH_SUCCEEDED: Final = Reply(235, "2.7.0", "Authentication successful")
 
 def accepted(queue_id: str) -> Reply:
     """250 after DATA: only once the message is durable (ARCHITECTURE invariant)."""
-    return Reply(250, "2.0.0", f"OK queued as {_clean(queue_id, 64)}")
+    return Reply(250, "2.0.0", f"OK queued as {printable(queue_id, 64)}")
 
 
 # -- TLS and certificates (MX) ----------------------------------------------------------------------
@@ -235,7 +236,7 @@ def dn_not_listed(domain: str) -> Reply:
     return Reply(
         550,
         "5.7.1",
-        f"Certificate DN not listed in the MSSante whitelist for domain {_clean(domain)}"
+        f"Certificate DN not listed in the MSSante whitelist for domain {printable(domain)}"
         " / DN du certificat absent de la liste blanche pour ce domaine",
     )
 
@@ -264,7 +265,7 @@ def outside_trust_space(domain: str) -> Reply:
     return Reply(
         550,
         "5.7.1",
-        f"Recipient domain {_clean(domain)} is not in the MSSante trust space"
+        f"Recipient domain {printable(domain)} is not in the MSSante trust space"
         " / domaine hors de l'espace de confiance MSSante",
     )
 
@@ -344,7 +345,7 @@ def sender_not_owned(address: str) -> Reply:
     return Reply(
         553,
         "5.7.1",
-        f"Sender address rejected: {_clean(address)} not owned by user"
+        f"Sender address rejected: {printable(address)} not owned by user"
         " / pas de droit d'envoi pour cette adresse",
     )
 
@@ -355,7 +356,7 @@ def header_from_not_owned(address: str) -> Reply:
     return Reply(
         550,
         "5.7.1",
-        f"From: header address {_clean(address)} not owned by user"
+        f"From: header address {printable(address)} not owned by user"
         " / pas de droit d'envoi pour l'adresse From:",
     )
 
