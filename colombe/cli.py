@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from colombe import addressbook, publication, whitelist  # noqa: F401 (publication adds commands)
+from colombe import addressbook, publication, queue, whitelist  # noqa: F401 (publication adds commands)
 from colombe.clikit import (
     Context,
     actor,
@@ -755,6 +755,7 @@ def pki_check(
 # Areas with their own module (their commands and their `serve` component).
 main.add_command(whitelist.whitelist)
 main.add_command(addressbook.directory)
+main.add_command(queue.queue)
 
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name=os.path.basename(sys.argv[0]))

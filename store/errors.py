@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 class StoreError(Exception):
     """Base class of every error the store raises on purpose."""
@@ -61,3 +63,23 @@ class StoreNotEmpty(StoreError):
 
 class StoreUnavailable(StoreError):
     """The database cannot be reached or opened (the URL is given without its password)."""
+
+
+class QueueEntryNotFound(StoreError):
+    def __init__(self, entry_id: int) -> None:
+        super().__init__(f"no such queue entry: {entry_id}")
+        self.entry_id = entry_id
+
+
+class QueueEntryBusy(StoreError):
+    """A queue runner holds a live claim on the entry: it is being delivered right now."""
+
+    def __init__(self, entry_id: int, worker: str | None, until: datetime | None) -> None:
+        when = f" until {until:%Y-%m-%d %H:%M:%S} UTC" if until is not None else ""
+        super().__init__(
+            f"queue entry {entry_id} is being delivered by {worker or 'a queue runner'}{when}; "
+            "try again once its claim ends"
+        )
+        self.entry_id = entry_id
+        self.worker = worker
+        self.until = until

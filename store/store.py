@@ -33,6 +33,8 @@ from store.errors import (
     FolderExists,
     FolderNotFound,
     InvalidInput,
+    QueueEntryBusy,
+    QueueEntryNotFound,
     StoreError,
     StoreUnavailable,
 )
@@ -1216,13 +1218,110 @@ class Store(DirectoryStateStore, AddressBookStore):
             )
         return bool(done.rowcount)
 
-    async def list_queue(self, *, status: QueueStatus | None = None) -> list[QueueEntry]:
+    async def list_queue(
+        self,
+        *,
+        status: QueueStatus | Iterable[QueueStatus] | None = None,
+        domain: str | None = None,
+        created_before: datetime | None = None,
+    ) -> list[QueueEntry]:
+        """Queue entries by id. ``status`` keeps one status or several; ``domain`` keeps entries
+        with at least one recipient in that domain; ``created_before`` keeps older entries."""
         query = select(outbound_queue).order_by(outbound_queue.c.id)
-        if status is not None:
+        if isinstance(status, QueueStatus):
             query = query.where(outbound_queue.c.status == status.value)
+        elif status is not None:
+            query = query.where(outbound_queue.c.status.in_([s.value for s in status]))
+        if created_before is not None:
+            query = query.where(outbound_queue.c.created_at < created_before)
         async with self.db.reader.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [_queue_entry(r) for r in rows]
+        entries = [_queue_entry(r) for r in rows]
+        if domain is not None:
+            # Recipients are a JSON list: filtered here, the same way on both engines.
+            wanted = domain.strip().lower().rstrip(".")
+            entries = [
+                e
+                for e in entries
+                if any(r.address.rpartition("@")[2].lower() == wanted for r in e.recipients)
+            ]
+        return entries
+
+    async def get_queue_entry(self, entry_id: int) -> QueueEntry:
+        async with self.db.reader.connect() as conn:
+            row = (
+                await conn.execute(select(outbound_queue).where(outbound_queue.c.id == entry_id))
+            ).one_or_none()
+        if row is None:
+            raise QueueEntryNotFound(entry_id)
+        return _queue_entry(row)
+
+    async def retry_queue_entry(self, entry_id: int) -> QueueEntry:
+        """Make an entry due now (an operator's retry): queued or failed entries, and claims
+        whose lease ran out, become queued; attempts are kept. Refused (:class:`QueueEntryBusy`)
+        while a runner holds a live claim, and (:class:`InvalidInput`) once delivered."""
+        now = _now()
+        async with self.db.writer.begin() as conn:
+            row = (
+                await conn.execute(
+                    update(outbound_queue)
+                    .where(
+                        outbound_queue.c.id == entry_id,
+                        outbound_queue.c.status != QueueStatus.DONE.value,
+                        self._not_claimed(now),
+                    )
+                    .values(
+                        status=QueueStatus.QUEUED.value,
+                        next_attempt_at=now,
+                        claimed_by=None,
+                        claimed_until=None,
+                    )
+                    .returning(outbound_queue)
+                )
+            ).one_or_none()
+            if row is None:
+                await self._explain_queue_refusal(conn, entry_id, now)
+        assert row is not None
+        return _queue_entry(row)
+
+    async def delete_queue_entry(self, entry_id: int) -> QueueEntry:
+        """Remove an entry from the queue (no DSN is sent) and return what it was. Refused
+        (:class:`QueueEntryBusy`) while a runner holds a live claim. Its blob stays until
+        :meth:`collect_garbage` finds nothing references it any more."""
+        now = _now()
+        async with self.db.writer.begin() as conn:
+            row = (
+                await conn.execute(
+                    delete(outbound_queue)
+                    .where(outbound_queue.c.id == entry_id, self._not_claimed(now))
+                    .returning(outbound_queue)
+                )
+            ).one_or_none()
+            if row is None:
+                await self._explain_queue_refusal(conn, entry_id, now)
+        assert row is not None
+        return _queue_entry(row)
+
+    @staticmethod
+    def _not_claimed(now: datetime) -> Any:
+        """No runner holds a live claim (one whose lease ran out counts as abandoned)."""
+        return or_(
+            outbound_queue.c.status != QueueStatus.CLAIMED.value,
+            outbound_queue.c.claimed_until.is_(None),
+            outbound_queue.c.claimed_until < now,
+        )
+
+    @staticmethod
+    async def _explain_queue_refusal(conn: AsyncConnection, entry_id: int, now: datetime) -> None:
+        """Raise why a guarded change of ``entry_id`` touched no row."""
+        row = (
+            await conn.execute(select(outbound_queue).where(outbound_queue.c.id == entry_id))
+        ).one_or_none()
+        if row is None:
+            raise QueueEntryNotFound(entry_id)
+        if row.status == QueueStatus.DONE.value:
+            raise InvalidInput(f"queue entry {entry_id} was already delivered")
+        raise QueueEntryBusy(entry_id, row.claimed_by, row.claimed_until)
 
     # -- audit trail ------------------------------------------------------------------------------
 
