@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import http.client
 import io
 import logging
 import lzma
 import re
 import shutil
-import socket
 import ssl
 import struct
 import tempfile
@@ -41,13 +39,19 @@ from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Final, NamedTuple
 
-from cryptography.hazmat.primitives.serialization import Encoding
-
 # The download's deadline and watchdog, and the rules for plain http and for showing URLs, are
 # those of the whitelist download.
-from directory.whitelist_fetch import Deadline, connect_within, is_loopback_host, redact_url
+from directory.bounded_http import (
+    BoundedHTTPHandler,
+    BoundedHTTPSHandler,
+    Deadline,
+    SafeRedirects,
+    client_context,
+    is_loopback_host,
+    redact_url,
+    scrub_secrets,
+)
 from pki.errors import PkiError
-from pki.loading import load_certificate_file
 from store import Store
 from store.address_book import AddressBookEntry, AddressBookImport, folded_key
 from store.text import departement_of, search_key
@@ -297,11 +301,6 @@ class NotModified(ExtractionError):
     """The server answered ``304 Not Modified`` to a conditional request."""
 
 
-# The deadline of one download (every socket watched, all shut down at the deadline) and its
-# cancellation: ``abort()``, from any thread, shuts the sockets down at once.
-_Transfer = Deadline
-
-
 class _Stop:
     """Set by the event loop, seen by the reader thread: every read of the source checks it, and
     setting it aborts the download under way (a read blocked on a silent server ends at once)."""
@@ -309,7 +308,7 @@ class _Stop:
     def __init__(self) -> None:
         self._event = threading.Event()
         self._lock = threading.Lock()
-        self._transfers: list[_Transfer] = []
+        self._transfers: list[Deadline] = []
 
     def is_set(self) -> bool:
         return self._event.is_set()
@@ -321,7 +320,7 @@ class _Stop:
         for transfer in transfers:
             transfer.abort()
 
-    def attach(self, transfer: _Transfer) -> None:
+    def attach(self, transfer: Deadline) -> None:
         with self._lock:
             self._transfers.append(transfer)
             stopped = self._event.is_set()
@@ -342,7 +341,7 @@ class _Bounded(io.RawIOBase):
         what: str,
         *,
         stop: _Stop | None = None,
-        transfer: _Transfer | None = None,
+        transfer: Deadline | None = None,
         expected: int | None = None,
     ) -> None:
         self._inner = inner
@@ -405,82 +404,6 @@ class _Bounded(io.RawIOBase):
         super().close()
 
 
-class _SafeRedirects(urllib.request.HTTPRedirectHandler):
-    """Redirects (data.gouv.fr redirects its stable URL to the file) only to https, or to http on
-    a loopback host, and never from https down to http: the trust in the file rests on TLS."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
-        old = urllib.parse.urlsplit(req.full_url).scheme.lower()
-        new = urllib.parse.urlsplit(newurl)
-        scheme = new.scheme.lower()
-        if scheme not in ("http", "https") or (old == "https" and scheme != "https"):
-            raise ExtractionRefused(f"redirect from {old}:// to {scheme or '?'}:// refused")
-        if scheme == "http" and not is_loopback_host(new.hostname):
-            raise ExtractionRefused(
-                f"redirect to plain http:// on a non-loopback host refused ({redact_url(newurl)})"
-            )
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def _open_socket(
-    transfer: _Transfer,
-    address: tuple[str, int],
-    timeout: object = None,
-    source_address: tuple[str, int] | None = None,
-) -> socket.socket:
-    """A connection within the time left to ``transfer`` (all addresses together), watched by
-    it; then each socket operation waits at most SOCKET_TIMEOUT (a stalled server is seen
-    long before the deadline)."""
-    sock = connect_within(transfer, address, timeout, source_address)
-    sock.settimeout(min(SOCKET_TIMEOUT, transfer.remaining()))
-    return sock
-
-
-class _HTTPConnection(http.client.HTTPConnection):
-    def __init__(self, *args: Any, transfer: _Transfer, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._create_connection = functools.partial(_open_socket, transfer)
-
-
-class _HTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, transfer: _Transfer, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._create_connection = functools.partial(_open_socket, transfer)
-
-
-class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, transfer: _Transfer) -> None:
-        super().__init__()
-        self._transfer = transfer
-
-    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(functools.partial(_HTTPConnection, transfer=self._transfer), req)
-
-
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, transfer: _Transfer, context: ssl.SSLContext) -> None:
-        super().__init__(context=context)
-        self._transfer = transfer
-        self._tls = context
-
-    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        factory = functools.partial(_HTTPSConnection, transfer=self._transfer, context=self._tls)
-        return self.do_open(factory, req)
-
-
-def _tls_context(ca_file: str | None) -> ssl.SSLContext:
-    if not ca_file:
-        context = ssl.create_default_context()
-    else:
-        # PEM or PKCS#7 (the IGC-Santé chain is published both ways): loaded by pki.
-        pem = "".join(
-            c.public_bytes(Encoding.PEM).decode("ascii") for c in load_certificate_file(ca_file)
-        )
-        context = ssl.create_default_context(cadata=pem)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
-
-
 def describe_source(source: str) -> str:
     """The source as it may be shown, logged and recorded: user info and query string replaced
     by ``***`` (a token often travels there)."""
@@ -491,21 +414,10 @@ def describe_source(source: str) -> str:
 
 def _scrub(text: str, source: str) -> str:
     """``text`` without the secrets of ``source`` (user info, password, query), for messages
-    that may quote them (urllib's and http.client's do)."""
-    text = text.replace(source, describe_source(source))
-    try:
-        parts = urllib.parse.urlsplit(source)
-    except ValueError:
+    that may quote them (urllib's and http.client's do); a local path has none."""
+    if not source.lower().startswith(("http://", "https://")):
         return text
-    if parts.scheme.lower() not in ("http", "https"):
-        return text
-    secrets = [parts.netloc.rpartition("@")[0], parts.query]
-    with contextlib.suppress(ValueError):
-        secrets.append(parts.password or "")
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
+    return scrub_secrets(text, source)
 
 
 def _local_path(source: str, shown: str) -> Path | None:
@@ -584,18 +496,18 @@ def _open_http(
     source: str,
     shown: str,
     ca_file: str | None,
-    transfer: _Transfer,
+    transfer: Deadline,
     etag: str | None,
     last_modified: str | None,
 ) -> http.client.HTTPResponse:
     try:
-        context = _tls_context(ca_file)
+        context = client_context(ca_file)
     except (PkiError, ssl.SSLError, OSError) as exc:
         raise ExtractionRefused(f"extraction CA file: {exc}") from None
     handlers: list[urllib.request.BaseHandler] = [
-        _SafeRedirects(),
-        _HTTPHandler(transfer),
-        _HTTPSHandler(transfer, context),
+        SafeRedirects(ExtractionRefused),
+        BoundedHTTPHandler(transfer),
+        BoundedHTTPSHandler(transfer, context),
     ]
     if is_loopback_host(urllib.parse.urlsplit(source).hostname):
         handlers.append(urllib.request.ProxyHandler({}))  # a proxy never serves the loopback
@@ -653,7 +565,7 @@ def open_extraction(
                 raw = _Bounded(handle, MAX_TEXT_BYTES, deadline, shown, stop=stop)
                 name = path.name
             else:
-                transfer = _Transfer(deadline_seconds)
+                transfer = Deadline(deadline_seconds, socket_timeout=SOCKET_TIMEOUT)
                 stack.callback(transfer.close)
                 stop.attach(transfer)
                 response = _open_http(stack, source, shown, ca_file, transfer, etag, last_modified)

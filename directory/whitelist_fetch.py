@@ -19,10 +19,8 @@ import asyncio
 import base64
 import contextlib
 import enum
-import functools
 import hashlib
 import http.client
-import ipaddress
 import logging
 import os
 import socket
@@ -42,8 +40,17 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
+from directory.bounded_http import (
+    BoundedHTTPHandler,
+    BoundedHTTPSHandler,
+    Deadline,
+    SafeRedirects,
+    client_context,
+    is_loopback_host,
+    redact_url,
+    scrub_secrets,
+)
 from directory.whitelist import (
     MAX_WHITELIST_BYTES,
     Whitelist,
@@ -53,7 +60,6 @@ from directory.whitelist import (
 )
 from pki.dn import DistinguishedName
 from pki.errors import PkiError
-from pki.loading import load_certificate_file
 from store import Store
 
 log = logging.getLogger(__name__)
@@ -102,68 +108,11 @@ class Download:
 
 
 def tls_context(ca_file: Path | None) -> ssl.SSLContext:
-    """A client context trusting only the certificates of ``ca_file`` (PEM or PKCS#7 bundle, the
-    IGC-Santé chain), or the system's store when None. Host name checked, TLS 1.2 at least."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if ca_file is None:
-        context.load_default_certs()
-        return context
+    """:func:`~directory.bounded_http.client_context`, its errors named after the setting."""
     try:
-        certificates = load_certificate_file(ca_file)
+        return client_context(ca_file)
     except PkiError as exc:
         raise FetchError(f"whitelist.ca_file: {exc}") from None
-    # ssl wants PEM text; the bundle may be a .p7b, which only pki.loading reads.
-    context.load_verify_locations(
-        cadata="".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certificates)
-    )
-    return context
-
-
-def is_loopback_host(host: str | None) -> bool:
-    """Whether ``host`` (a URL's host name, without brackets) names this machine: ``localhost``,
-    127.0.0.0/8 or ::1. Only these may be reached over plain http."""
-    if not host:
-        return False
-    host = host.lower().rstrip(".")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def redact_url(url: str) -> str:
-    """``url`` as it may be shown, logged or stored: user and password replaced by ``***``, and
-    the query string too (a token often travels there); the fragment dropped."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "(unreadable URL)"
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(
-        (parts.scheme, netloc, parts.path, "***" if parts.query else "", "")
-    )
-
-
-def _scrub(text: str, url: str) -> str:
-    """``text`` with ``url`` and its secrets (userinfo, password, query) replaced, for messages
-    that may quote them (urllib and http.client errors do)."""
-    text = text.replace(url, redact_url(url))
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return text
-    secrets = [parts.netloc.rpartition("@")[0] if "@" in parts.netloc else "", parts.query]
-    with contextlib.suppress(ValueError):
-        secrets.append(parts.password or "")
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
 
 
 def _plain_http_refused(url: str) -> FetchError | None:
@@ -174,142 +123,6 @@ def _plain_http_refused(url: str) -> FetchError | None:
         f"plain http:// refused for {redact_url(url)} (whitelist.url): anyone on the path could "
         "add their DN to any domain; use https:// (http:// only to a loopback host)"
     )
-
-
-class _SameSchemeRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow a redirect only to https, or to http on a loopback host, and never from https down
-    to http (the trust in the file rests on the TLS check)."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
-        old = urllib.parse.urlsplit(req.full_url).scheme.lower()
-        new = urllib.parse.urlsplit(newurl).scheme.lower()
-        if new not in ("http", "https") or (old == "https" and new != "https"):
-            raise FetchError(f"redirect from {old}:// to {new or '?'}:// refused")
-        if _plain_http_refused(newurl) is not None:
-            raise FetchError(f"redirect from {old}:// to http:// on a non-loopback host refused")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-class Deadline:
-    """The time left to a download, enforced on every socket it opens.
-
-    A server can answer one octet at a time, each within a socket timeout, and so keep a
-    download (status line, headers, redirects, TLS handshake, body) going for ever. Each socket
-    gets the remaining time as its timeout when it is opened, and at the deadline a watchdog
-    shuts every socket down, which ends whatever read or write is blocked on it. The watchdog
-    holds a duplicate of each socket (``dup``): shutdown acts on the connection, and the
-    duplicate stays valid when TLS takes over the original object."""
-
-    def __init__(self, timeout: float) -> None:
-        self.at = time.monotonic() + timeout
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self.expired = False
-        self._timer = threading.Timer(max(0.0, timeout), self._expire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def remaining(self) -> float:
-        """Seconds left; :class:`TimeoutError` when none."""
-        left = self.at - time.monotonic()
-        if left <= 0 or self.expired:
-            raise TimeoutError("deadline reached")
-        return left
-
-    def watch(self, sock: socket.socket) -> None:
-        duplicate = sock.dup()
-        with self._lock:
-            self._sockets.append(duplicate)
-            expired = self.expired
-        if expired:
-            _shutdown(duplicate)
-
-    def abort(self) -> None:
-        """End the download now, from any thread: every socket is shut down."""
-        self._expire()
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            sockets = list(self._sockets)
-        for sock in sockets:
-            _shutdown(sock)
-
-    def close(self) -> None:
-        self._timer.cancel()
-        with self._lock:
-            sockets, self._sockets = self._sockets, []
-        for sock in sockets:
-            sock.close()
-
-
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-def connect_within(
-    deadline: Deadline,
-    address: tuple[str, int],
-    timeout: object = None,  # http.client's per-operation timeout: the deadline replaces it
-    source_address: tuple[str, int] | None = None,
-) -> socket.socket:
-    """``socket.create_connection`` with the time left for all the addresses tried together
-    (not each), every socket watched."""
-    host, port = address
-    error: OSError | None = None
-    for family, kind, proto, _, where in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
-        sock = socket.socket(family, kind, proto)
-        try:
-            deadline.watch(sock)
-            sock.settimeout(deadline.remaining())
-            if source_address:
-                sock.bind(source_address)
-            sock.connect(where)
-            sock.settimeout(deadline.remaining())
-            return sock
-        except TimeoutError:
-            sock.close()
-            raise
-        except OSError as exc:
-            sock.close()
-            error = exc
-    raise error or OSError(f"no address for {host}")
-
-
-class _BoundedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._create_connection = functools.partial(connect_within, deadline)
-
-
-class _BoundedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._create_connection = functools.partial(connect_within, deadline)
-
-
-class _BoundedHTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, deadline: Deadline) -> None:
-        super().__init__()
-        self._deadline = deadline
-
-    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        factory = functools.partial(_BoundedHTTPConnection, deadline=self._deadline)
-        return self.do_open(factory, req)
-
-
-class _BoundedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: Deadline, context: ssl.SSLContext) -> None:
-        super().__init__(context=context)
-        self._deadline = deadline
-        self._bounded_context = context
-
-    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        factory = functools.partial(
-            _BoundedHTTPSConnection, deadline=self._deadline, context=self._bounded_context
-        )
-        return self.do_open(factory, req)
 
 
 def _read_bounded(read: Callable[[int], bytes], limit: int, deadline: float, what: str) -> bytes:
@@ -367,7 +180,7 @@ def download(
     except FetchError as exc:
         if bound.expired:
             raise _too_slow(shown, timeout) from None
-        raise FetchError(_scrub(str(exc), url)) from None
+        raise FetchError(scrub_secrets(str(exc), url)) from None
     finally:
         bound.close()
 
@@ -406,9 +219,9 @@ def _get(
     if last_modified:
         request.add_header("If-Modified-Since", last_modified)
     handlers: list[urllib.request.BaseHandler] = [
-        _SameSchemeRedirects(),
-        _BoundedHTTPHandler(deadline),
-        _BoundedHTTPSHandler(deadline, context or tls_context(None)),
+        SafeRedirects(FetchError),
+        BoundedHTTPHandler(deadline),
+        BoundedHTTPSHandler(deadline, context or tls_context(None)),
     ]
     if is_loopback_host(urllib.parse.urlsplit(url).hostname):
         handlers.append(urllib.request.ProxyHandler({}))  # a proxy never serves the loopback

@@ -30,6 +30,7 @@ from colombe.admin import AdminServer
 from colombe.config import Config, WhitelistSection
 from colombe.whitelist import WhitelistCollector, WhitelistComponent, settings_from_config
 from colombe.whitelist import whitelist as whitelist_cli
+from directory.bounded_http import is_loopback_host
 from directory.whitelist_fetch import (
     DOCUMENT,
     LEASE,
@@ -38,7 +39,6 @@ from directory.whitelist_fetch import (
     WhitelistKeeper,
     WhitelistSettings,
     download,
-    is_loopback_host,
     tls_context,
 )
 from pki.testpki import TestPki
