@@ -96,6 +96,72 @@ class PublicationSection:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSection:
+    # Our IGC-Santé SERV SSL certificate (PEM, leaf then intermediates) and its key: presented by
+    # the MX and submission listeners, and as client certificate when delivering to peers.
+    cert_file: str = ""
+    key_file: str = ""
+    # The IGC-Santé roots and intermediates (PEM) peers' certificates must chain to.
+    trust_file: str = ""
+    # A folder of CRLs (*.crl, *.pem, DER or PEM) loaded at start; CRLs are then fetched from the
+    # certificates' distribution points when due. Empty: fetched only.
+    crl_dir: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MxSection:
+    # The inbound MX for the other operators ("0.0.0.0:25" in production). Empty: no MX.
+    listen: str = ""
+    max_message_size: int = 26_214_400
+    max_recipients: int = 100
+    max_connections: int = 1000
+    max_connections_per_ip: int = 50
+    max_errors: int = 20
+    timeout: int = 300
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionSection:
+    # Port 587 with STARTTLS ("0.0.0.0:587") and port 465 with implicit TLS ("0.0.0.0:465").
+    # Empty: that listener is off.
+    listen: str = ""
+    listen_tls: str = ""
+    max_message_size: int = 26_214_400
+    max_recipients: int = 100
+    max_connections: int = 1000
+    max_connections_per_ip: int = 20
+    max_errors: int = 20
+    timeout: int = 300
+    max_auth_failures: int = 3
+    # Seconds to wait before answering a failed AUTH.
+    auth_failure_delay: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSection:
+    # Deliver queued mail to the other operators (one runner per process; several processes
+    # share the queue safely).
+    enabled: bool = True
+    workers: int = 20
+    # Seconds between looks for due entries (new mail submitted here is tried at once).
+    poll_interval: int = 5
+    # Retry schedule, in seconds, as Postfix's defaults.
+    minimal_backoff: int = 300
+    maximal_backoff: int = 4000
+    lifetime: int = 432_000
+    bounce_lifetime: int = 432_000
+    # Send one "delayed" DSN after this many seconds in the queue; 0: never.
+    delay_warning: int = 14_400
+    # A static route table (one "domain  host:port" per line, see mta/routes.py); used instead
+    # of MX records for the domains it names. Empty: MX records only.
+    routes_file: str = ""
+    port: int = 25
+    connect_timeout: int = 30
+    command_timeout: int = 300
+    max_connections_per_domain: int = 20
+
+
+@dataclass(frozen=True, slots=True)
 class LogSection:
     level: str = "info"
     format: str = "text"
@@ -109,6 +175,10 @@ class Config:
     whitelist: WhitelistSection = field(default_factory=WhitelistSection)
     directory: DirectorySection = field(default_factory=DirectorySection)
     publication: PublicationSection = field(default_factory=PublicationSection)
+    tls: TlsSection = field(default_factory=TlsSection)
+    mx: MxSection = field(default_factory=MxSection)
+    submission: SubmissionSection = field(default_factory=SubmissionSection)
+    queue: QueueSection = field(default_factory=QueueSection)
     log: LogSection = field(default_factory=LogSection)
     # Where the file was read from; relative paths in it are relative to its directory.
     path: Path | None = None
@@ -282,6 +352,36 @@ def _validate(config: Config, origin: Mapping[str, str]) -> None:
         fail("store.database_url", "must start with sqlite:/// or postgresql://")
     if config.admin.listen:
         parse_listen(config.admin.listen, "admin.listen", origin)
+    for key in ("mx.listen", "submission.listen", "submission.listen_tls"):
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value:
+            parse_listen(value, key, origin)
+            if not (config.tls.cert_file and config.tls.key_file and config.tls.trust_file):
+                fail(key, "needs tls.cert_file, tls.key_file and tls.trust_file")
+    for key in (
+        "mx.max_message_size",
+        "mx.max_recipients",
+        "mx.max_connections",
+        "mx.max_connections_per_ip",
+        "mx.max_errors",
+        "mx.timeout",
+        "submission.max_message_size",
+        "submission.max_recipients",
+        "submission.max_connections",
+        "submission.max_connections_per_ip",
+        "submission.max_errors",
+        "submission.timeout",
+        "submission.max_auth_failures",
+        "queue.workers",
+        "queue.poll_interval",
+        "queue.connect_timeout",
+        "queue.command_timeout",
+        "queue.max_connections_per_domain",
+    ):
+        section, name = key.split(".")
+        if getattr(getattr(config, section), name) < 1:
+            fail(key, "must be at least 1")
 
 
 def parse_listen(

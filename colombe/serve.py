@@ -1,7 +1,8 @@
 """``colombe serve``: open the store, start the components, stop them cleanly on SIGTERM/SIGINT.
 
-Each component (admin endpoint now; MX, submission, IMAP, web as their issues land) is built by a
-factory from the configuration and the shared store, started in order and stopped in reverse.
+Each component (admin endpoint, directory jobs, MTA queue and listeners; IMAP and web as their
+issues land) is built by a factory from the configuration and the shared store, started in
+order and stopped in reverse.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Protocol
 from colombe.addressbook import AddressBookImporter
 from colombe.admin import AdminServer
 from colombe.config import Config
+from colombe.mta import mx_component, queue_component, submission_component
 from colombe.publication import publisher_component
 from colombe.whitelist import whitelist_component
 from store import Store
@@ -41,6 +43,9 @@ COMPONENTS: dict[str, ComponentFactory] = {
     "publisher": publisher_component,
     "whitelist": whitelist_component,
     "addressbook": AddressBookImporter.from_config,
+    "queue": queue_component,
+    "mx": mx_component,
+    "submission": submission_component,
 }
 
 

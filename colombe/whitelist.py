@@ -120,6 +120,11 @@ class WhitelistComponent:
     def dn_is_listed(self, peer_dn: DistinguishedName | x509.Name | str) -> bool:
         return self.keeper.dn_is_listed(peer_dn)
 
+    def dns_for(self, domain: str) -> list[str]:
+        """The DNs listed for ``domain`` (none while no whitelist is loaded)."""
+        current = self.keeper.current
+        return [str(dn) for dn in current.dns_for(domain)] if current is not None else []
+
     async def start(self) -> None:
         """Idempotent: the MTA may start it when run without this component (``--only``)."""
         if self._task is not None:

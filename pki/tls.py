@@ -49,6 +49,24 @@ def mx_server_context(cert_chain: Path, key: Path, trust: Path) -> ssl.SSLContex
     return ctx
 
 
+# OpenSSL's X509_V_FLAG_NO_CHECK_TIME (not exported by the ssl module).
+_NO_CHECK_TIME = 0x200000
+
+
+def mx_listener_context(cert_chain: Path, key: Path, trust: Path) -> ssl.SSLContext:
+    """The MX listener's context: a client certificate is asked for and, when presented, must
+    chain to ``trust``; its dates are not checked during the handshake. The MTA then judges the
+    certificate with :class:`pki.verify.Verifier` (dates, revocation, usage, policy) and the
+    whitelist, and refuses at MAIL FROM with a reply that says what is wrong: an expired
+    certificate, or none at all, gets "550 5.7.0 Client certificate expired" rather than a TLS
+    alert the peer operator has to decode. Never use it without that verdict."""
+    ctx = _base(ssl.PROTOCOL_TLS_SERVER, cert_chain, key)
+    ctx.load_verify_locations(cafile=str(trust))
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    ctx.verify_flags |= _NO_CHECK_TIME
+    return ctx
+
+
 def client_facing_context(cert_chain: Path, key: Path, trust: Path | None = None) -> ssl.SSLContext:
     """Submission, IMAP, web: a client certificate is asked for only when ``trust`` is given,
     and never required (passwords and Pro Santé Connect tokens are the usual way in)."""

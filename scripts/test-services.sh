@@ -13,6 +13,12 @@ if ! command -v openssl >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl
 fi
 
+# Debian's swaks: the submission tests send with it, as an operator would by hand.
+if ! command -v swaks >/dev/null; then
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q swaks
+fi
+
 # Debian's OpenLDAP server: the directory publication tests start their own slapd on 127.0.0.1.
 # The package's own instance is not wanted (it would listen on every interface): stop it.
 if [ ! -x /usr/sbin/slapd ]; then

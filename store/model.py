@@ -232,6 +232,8 @@ class QueueEntry:
     envid: str | None
     ret: str | None
     last_error: str | None
+    delay_warned: bool = False
+    """The sender already got this entry's (single) "delayed" DSN."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -195,6 +196,8 @@ outbound_queue = Table(
     Column("claimed_by", String(128)),
     Column("claimed_until", UTCDateTime),
     Column("last_error", Text),
+    # The single "delayed" DSN (RFC 3464 action delayed) was sent: never twice per entry.
+    Column("delay_warned", Boolean, nullable=False, server_default=false()),
     Index(None, "status", "next_attempt_at"),
     Index(None, "blob"),
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -219,6 +219,7 @@ def _queue_entry(row: Row[Any]) -> QueueEntry:
         envid=row.envid,
         ret=row.ret,
         last_error=row.last_error,
+        delay_warned=bool(row.delay_warned),
     )
 
 
@@ -1174,18 +1175,45 @@ class Store(DirectoryStateStore, AddressBookStore):
         and another runner took the entry): that runner's outcome is the one that counts."""
         return await self._finish_queue_entry(entry_id, worker, status=QueueStatus.DONE)
 
-    async def fail_queue_entry(self, entry_id: int, worker: str, error: str) -> bool:
-        """Give up on an entry (the caller sends the DSN). False if the claim was lost."""
+    async def fail_queue_entry(
+        self,
+        entry_id: int,
+        worker: str,
+        error: str,
+        *,
+        recipients: Sequence[Recipient] | None = None,
+    ) -> bool:
+        """Give up on an entry (the caller sends the DSN). False if the claim was lost.
+
+        ``recipients``, when given, replaces the entry's recipients: the queue runner keeps
+        only the ones that failed, so an operator's retry never sends twice to a recipient
+        that was delivered."""
         return await self._finish_queue_entry(
-            entry_id, worker, status=QueueStatus.FAILED, last_error=error
+            entry_id, worker, status=QueueStatus.FAILED, last_error=error, recipients=recipients
         )
 
     async def defer_queue_entry(
-        self, entry_id: int, worker: str, error: str, retry_at: datetime
+        self,
+        entry_id: int,
+        worker: str,
+        error: str,
+        retry_at: datetime,
+        *,
+        recipients: Sequence[Recipient] | None = None,
+        delay_warned: bool | None = None,
     ) -> bool:
-        """Try again at ``retry_at``. False if the claim was lost."""
+        """Try again at ``retry_at``. False if the claim was lost.
+
+        ``recipients``, when given, replaces the entry's recipients (those still to deliver
+        after a partial attempt); ``delay_warned`` records that the "delayed" DSN was sent."""
         return await self._finish_queue_entry(
-            entry_id, worker, status=QueueStatus.QUEUED, last_error=error, retry_at=retry_at
+            entry_id,
+            worker,
+            status=QueueStatus.QUEUED,
+            last_error=error,
+            retry_at=retry_at,
+            recipients=recipients,
+            delay_warned=delay_warned,
         )
 
     async def _finish_queue_entry(
@@ -1196,6 +1224,8 @@ class Store(DirectoryStateStore, AddressBookStore):
         status: QueueStatus,
         last_error: str | None = None,
         retry_at: datetime | None = None,
+        recipients: Sequence[Recipient] | None = None,
+        delay_warned: bool | None = None,
     ) -> bool:
         values: dict[str, Any] = {
             "status": status.value,
@@ -1206,6 +1236,12 @@ class Store(DirectoryStateStore, AddressBookStore):
         }
         if retry_at is not None:
             values["next_attempt_at"] = retry_at
+        if recipients is not None:
+            if not recipients:
+                raise InvalidInput("a queue entry needs at least one recipient")
+            values["recipients"] = [asdict(r) for r in recipients]
+        if delay_warned is not None:
+            values["delay_warned"] = delay_warned
         async with self.db.writer.begin() as conn:
             done = await conn.execute(
                 update(outbound_queue)
@@ -1349,6 +1385,27 @@ class Store(DirectoryStateStore, AddressBookStore):
                     detail=detail,
                 )
             )
+
+    async def audit_many(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Append several audit records in one transaction (busy listeners batch theirs).
+        Each mapping has the keyword arguments of :meth:`audit` and may carry its own ``at``."""
+        if not records:
+            return
+        now = _now()
+        rows = [
+            {
+                "at": r.get("at") or now,
+                "actor": r["actor"],
+                "action": r["action"],
+                "bal": r.get("bal"),
+                "source": r.get("source"),
+                "result": r.get("result", "ok"),
+                "detail": r.get("detail"),
+            }
+            for r in records
+        ]
+        async with self.db.writer.begin() as conn:
+            await conn.execute(insert(audit), rows)
 
     async def tail_audit(
         self, *, limit: int = 20, bal: str | None = None, since: datetime | None = None
