@@ -3,7 +3,7 @@
     scripts/bench-services.sh   # Debian's postfix, dovecot-core, dovecot-lmtpd (services off)
     .venv/bin/python -m bench.mta_bench [--concurrency 1,10,50] [--messages 300,1000,1000]
         [--repeat 3] [--seconds 60] [--idle 500] [--only postfix|colombe] [--sink]
-        [--logs DIR] [--no-write]
+        [--wait-quiet SECONDS] [--logs DIR] [--no-write]
 
 Both servers run privately in one temporary directory, on 127.0.0.1 only, with the same TEST
 IGC-Santé server certificate ("localhost") and key, TLS >= 1.2, STARTTLS required and a client
@@ -121,6 +121,33 @@ def memory_kib(pids: list[int]) -> tuple[int, int]:
     return rss, pss
 
 
+def cpu_ticks(pids: list[int]) -> tuple[int, int]:
+    """(busy ticks of the whole machine, ticks used by ``pids`` and their reaped children)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    busy = sum(int(x) for i, x in enumerate(fields[:8]) if i not in (3, 4))  # minus idle, iowait
+    ours = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ours += sum(int(x) for x in stat[11:15])  # utime stime cutime cstime
+    return busy, ours
+
+
+async def wait_quiet(max_seconds: float, threshold: float = 0.2) -> float:
+    """Wait (at most ``max_seconds``) until the rest of the machine uses less than ``threshold``
+    of a core over 2 s; the last figure seen (in cores)."""
+    deadline = time.monotonic() + max_seconds
+    hz = os.sysconf("SC_CLK_TCK")
+    while True:
+        before = cpu_ticks([os.getpid()])
+        await asyncio.sleep(2)
+        after = cpu_ticks([os.getpid()])
+        other = ((after[0] - before[0]) - (after[1] - before[1])) / hz / 2
+        if other < threshold or time.monotonic() > deadline:
+            return other
+        print(f"the machine is busy ({other * 100:.0f}% of a core): waiting", flush=True)
+
+
 def spawn(argv: list[str], logs: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
     """Start a server in the background, its output in ``logs/stdout.log``."""
     with (logs / "stdout.log").open("wb") as out:
@@ -195,6 +222,8 @@ class Target(Protocol):
     def delivered(self) -> int: ...
 
     def pids(self) -> list[int]: ...
+
+    def all_pids(self) -> list[int]: ...
 
     def log_tail(self) -> str: ...
 
@@ -412,8 +441,13 @@ service lmtp {{
         return total
 
     def pids(self) -> list[int]:
+        """Postfix's processes (the SMTP side)."""
         master = self._master_pid()
         return descendants(master) if master is not None else []
+
+    def all_pids(self) -> list[int]:
+        dovecot = descendants(self.dovecot.pid) if self.dovecot is not None else []
+        return self.pids() + dovecot
 
     def log_tail(self) -> str:
         parts = []
@@ -512,6 +546,9 @@ import_interval = 0
     def pids(self) -> list[int]:
         return descendants(self.proc.pid) if self.proc is not None else []
 
+    def all_pids(self) -> list[int]:
+        return self.pids()
+
     def log_tail(self) -> str:
         with contextlib.suppress(OSError):
             return "\n".join((self.home / "stdout.log").read_text().splitlines()[-30:])
@@ -585,6 +622,9 @@ class Sink:
 
     def pids(self) -> list[int]:
         return descendants(self.proc.pid) if self.proc is not None else []
+
+    def all_pids(self) -> list[int]:
+        return self.pids()
 
     def log_tail(self) -> str:
         with contextlib.suppress(OSError):
@@ -687,6 +727,8 @@ class Run:
     latencies: list[float]
     errors: dict[str, int]
     client_cpu: float
+    # CPU used meanwhile by processes that are neither the generator nor the server (in cores).
+    foreign_cpu: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -751,6 +793,8 @@ async def load(
     next_index = 0
     sent = 0
     cpu0 = time.process_time()
+    mine = [os.getpid(), *target.all_pids()]
+    ticks0 = cpu_ticks(mine)
     started = time.perf_counter()
     deadline = time.monotonic() + max_seconds
 
@@ -782,6 +826,9 @@ async def load(
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     load_seconds = time.perf_counter() - started
     client_cpu = time.process_time() - cpu0
+    ticks1 = cpu_ticks([os.getpid(), *target.all_pids()])
+    hz = os.sysconf("SC_CLK_TCK")
+    foreign = max(0, (ticks1[0] - ticks0[0]) - (ticks1[1] - ticks0[1])) / hz / load_seconds
     accepted = len(latencies)
     # Until every accepted message is in the mailbox (Colombe: already there at its 250).
     settle = time.monotonic() + settle_seconds
@@ -801,6 +848,7 @@ async def load(
         latencies=latencies,
         errors=errors,
         client_cpu=client_cpu,
+        foreign_cpu=foreign,
     )
 
 
@@ -877,6 +925,12 @@ async def main() -> int:
         "--sink", action="store_true", help="also run against a trivial server (ceiling)"
     )
     parser.add_argument("--sink-serve", nargs=4, metavar=("PORT", "CERT", "KEY", "TRUST"))
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        help="before each run, wait for an idle machine (at most this many seconds in all)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per target and level")
     parser.add_argument("--logs", type=Path, help="copy the servers' logs to this folder")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
@@ -888,6 +942,15 @@ async def main() -> int:
     levels, counts = ints(args.concurrency), ints(args.messages)
     if len(counts) != len(levels):
         parser.error("--messages needs one count per --concurrency level")
+
+    quiet_budget = args.wait_quiet  # seconds of waiting for an idle machine, whole bench
+
+    async def quiet() -> None:
+        nonlocal quiet_budget
+        if quiet_budget > 0:
+            t0 = time.monotonic()
+            await wait_quiet(quiet_budget)
+            quiet_budget -= time.monotonic() - t0
 
     messages = Messages()
     runs: list[Run] = []
@@ -942,6 +1005,7 @@ async def main() -> int:
             for level, count in zip(levels, counts, strict=True):
                 for _ in range(args.repeat):
                     for target in started:  # interleaved: both see the same state of the disk
+                        await quiet()
                         r = await load(
                             target, ctx, messages, level, count, args.seconds, args.settle
                         )
@@ -950,7 +1014,8 @@ async def main() -> int:
                             f"{r.target:18} c={level:3} sent {r.sent:5} accepted {r.accepted:5} "
                             f"delivered {r.delivered:5} in {r.seconds:6.2f}s = {r.rate:7.1f} msg/s  "
                             f"p50 {r.pct(0.5):7.1f} ms  p99 {r.pct(0.99):7.1f} ms  "
-                            f"client CPU {r.client_cpu / r.load_seconds * 100:3.0f}%"
+                            f"client CPU {r.client_cpu / r.load_seconds * 100:3.0f}%  "
+                            f"other processes {r.foreign_cpu * 100:3.0f}%"
                             + (f"  errors {r.errors}" if r.errors else ""),
                             flush=True,
                         )
@@ -1065,6 +1130,14 @@ def report(runs: list[Run], idles: list[Idle], levels: list[int], notes: list[st
         if name != Sink.name
     )
     lines += ["", f"Load generator CPU (median, one core = 100%): {cpu}."]
+    foreign = max((r.foreign_cpu for r in runs), default=0.0)
+    mean_foreign = statistics.fmean(r.foreign_cpu for r in runs) if runs else 0.0
+    lines += [
+        "",
+        "CPU used by other processes on the machine during the runs: mean "
+        f"{mean_foreign * 100:.0f}%, at most {foreign * 100:.0f}% of one core"
+        + (" — NOT a quiet machine, the figures are disturbed." if mean_foreign > 0.15 else "."),
+    ]
     lines += ["", *notes] if notes else []
     return "\n".join(lines)
 

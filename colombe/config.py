@@ -152,8 +152,8 @@ class QueueSection:
     bounce_lifetime: int = 432_000
     # Send one "delayed" DSN after this many seconds in the queue; 0: never.
     delay_warning: int = 14_400
-    # A static route table (one "domain  host:port" per line, see mta/routes.py); used instead
-    # of MX records for the domains it names. Empty: MX records only.
+    # A static route table ("domain = host:port" per line, see mta/routes.py); used instead of
+    # MX records for the domains it names. Empty: MX records only.
     routes_file: str = ""
     port: int = 25
     connect_timeout: int = 30

@@ -26,13 +26,13 @@ def read_all(stream: bytes, cuts: list[int] | None = None, max_size: int | None 
     chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
     buffer = b""
     content = b""
-    for chunk in chunks:
+    for i, chunk in enumerate(chunks):
         buffer += chunk
         out, used = reader.feed(buffer)
         content += out
         buffer = buffer[used:]
         if reader.done:
-            break
+            return content, reader, buffer + b"".join(chunks[i + 1 :])
     return content, reader, buffer
 
 
