@@ -122,9 +122,10 @@ def memory_kib(pids: list[int]) -> tuple[int, int]:
 
 
 def cpu_ticks(pids: list[int]) -> tuple[int, int]:
-    """(busy ticks of the whole machine, ticks used by ``pids`` and their reaped children)."""
+    """(busy ticks of the whole machine, ticks used by ``pids`` and their reaped children).
+    Busy: user, nice, system, irq, softirq; not idle, iowait, or steal (the hypervisor's)."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    busy = sum(int(x) for i, x in enumerate(fields[:8]) if i not in (3, 4))  # minus idle, iowait
+    busy = sum(int(fields[i]) for i in (0, 1, 2, 5, 6))
     ours = 0
     for pid in pids:
         with contextlib.suppress(OSError, ValueError, IndexError):

@@ -123,14 +123,28 @@ def init(
     "--dir", "directory", default="var", type=click.Path(file_okay=False), show_default=True
 )
 @click.option("--admin-listen", default="127.0.0.1:8780", show_default=True)
-def demo(directory: str, admin_listen: str) -> None:
-    """Initialise DIR with demo domains and BALs, then run the whole stack in the foreground."""
+@click.option("--mx-listen", default="127.0.0.1:2525", show_default=True)
+@click.option("--submission-listen", default="127.0.0.1:5870", show_default=True)
+@click.option("--submissions-listen", default="127.0.0.1:4650", show_default=True)
+def demo(
+    directory: str,
+    admin_listen: str,
+    mx_listen: str,
+    submission_listen: str,
+    submissions_listen: str,
+) -> None:
+    """Initialise DIR with demo domains and BALs, then run the whole stack in the foreground.
+
+    The listener options apply when DIR is initialised (they are written to its colombe.toml)."""
     from colombe.demo import (
         DEMO_BALS,
         DEMO_PASSWORD,
+        DEMO_PKI,
         demo_config_sections,
         demo_whitelist,
+        make_demo_pki,
         seed_demo,
+        swaks_examples,
     )
     from colombe.serve import open_store, serve
 
@@ -139,6 +153,9 @@ def demo(directory: str, admin_listen: str) -> None:
     if not whitelist_file.exists():
         whitelist_file.parent.mkdir(parents=True, exist_ok=True)
         whitelist_file.write_bytes(demo_whitelist(datetime.now(UTC)))
+    pki_dir = Path(directory) / DEMO_PKI
+    # Made afresh at every start: the test CRLs are valid for a week.
+    make_demo_pki(pki_dir)
     if not target.exists():
         target.write_text(
             render_config(
@@ -147,7 +164,13 @@ def demo(directory: str, admin_listen: str) -> None:
                 hostname="localhost",
                 admin_listen=admin_listen,
             )
-            + demo_config_sections(whitelist_file),
+            + demo_config_sections(
+                whitelist_file,
+                pki_dir=pki_dir,
+                mx_listen=mx_listen,
+                submission_listen=submission_listen,
+                submissions_listen=submissions_listen,
+            ),
             encoding="utf-8",
         )
     config = load_config(target)
@@ -166,6 +189,12 @@ def demo(directory: str, admin_listen: str) -> None:
         click.echo("  .venv/bin/colombe bal list")
         click.echo("  .venv/bin/colombe directory search --city lyon")
         click.echo("  .venv/bin/colombe whitelist show")
+        click.echo("  .venv/bin/colombe queue list")
+        examples = swaks_examples(endpoints, pki_dir)
+        if examples:
+            click.echo("Send a message with swaks (apt install swaks):")
+            for line in examples:
+                click.echo(line)
         click.echo(
             "  .venv/bin/colombe directory import-extraction "
             "https://www.data.gouv.fr/api/1/datasets/r/afe01105-d9a1-41fe-921f-e40ea48b2ba6"

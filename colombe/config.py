@@ -159,6 +159,9 @@ class QueueSection:
     connect_timeout: int = 30
     command_timeout: int = 300
     max_connections_per_domain: int = 20
+    # Seconds a claimed entry stays reserved for the process delivering it (renewed while it
+    # works): after a crash, its entries are retried by any process within this delay.
+    claim_lease: int = 120
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +381,7 @@ def _validate(config: Config, origin: Mapping[str, str]) -> None:
         "queue.connect_timeout",
         "queue.command_timeout",
         "queue.max_connections_per_domain",
+        "queue.claim_lease",
     ):
         section, name = key.split(".")
         if getattr(getattr(config, section), name) < 1:

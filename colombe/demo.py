@@ -12,6 +12,7 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from pki.testpki import make_test_pki
 from store import BalType, Store
 from store.errors import BalExists, DomainExists
 
@@ -103,16 +104,86 @@ def demo_whitelist(now: datetime) -> bytes:
     ).encode()
 
 
-def demo_config_sections(whitelist_path: Path) -> str:
-    """What the demo's colombe.toml adds to the minimal one: a local whitelist, and no download
-    of the national address book (90 MB; ``colombe directory import-extraction`` does it)."""
-    return (
+DEMO_PKI = "pki"
+DEMO_MX_LISTEN = "127.0.0.1:2525"
+DEMO_SUBMISSION_LISTEN = "127.0.0.1:5870"
+DEMO_SUBMISSIONS_LISTEN = "127.0.0.1:4650"
+
+
+def make_demo_pki(directory: Path) -> Path:
+    """The IGC-Santé TEST hierarchy in ``directory``, made afresh (its CRLs are valid 7 days);
+    returns the trust file (roots and intermediates). The demo's operator certificate is the
+    ``localhost`` SERV certificate, whose DN is :data:`DEMO_OPERATOR_DN`."""
+    pki = make_test_pki(directory, operator_fqdn="mx.colombe-demo.test")
+    trust = directory / "trust.pem"
+    trust.write_bytes(pki.roots_path.read_bytes() + pki.intermediates_path.read_bytes())
+    return trust
+
+
+def demo_config_sections(
+    whitelist_path: Path,
+    *,
+    pki_dir: Path | None = None,
+    mx_listen: str = DEMO_MX_LISTEN,
+    submission_listen: str = DEMO_SUBMISSION_LISTEN,
+    submissions_listen: str = DEMO_SUBMISSIONS_LISTEN,
+) -> str:
+    """What the demo's colombe.toml adds to the minimal one: a local whitelist, no download of
+    the national address book (90 MB; ``colombe directory import-extraction`` does it), and,
+    with ``pki_dir``, the MX and submission listeners with the test PKI's certificates."""
+    sections = (
         "\n[whitelist]\n"
         f"url = {json.dumps(whitelist_path.resolve().as_uri())}\n"
         "min_entries = 1\n\n"
         "[directory]\n"
         "import_interval = 0\n"
     )
+    if pki_dir is None:
+        return sections
+    certs = pki_dir.resolve() / "certs"
+    return sections + (
+        "\n[tls]\n"
+        f"cert_file = {json.dumps(str(certs / 'localhost.chain.pem'))}\n"
+        f"key_file = {json.dumps(str(certs / 'localhost.key'))}\n"
+        f"trust_file = {json.dumps(str(pki_dir.resolve() / 'trust.pem'))}\n"
+        f"crl_dir = {json.dumps(str(pki_dir.resolve() / 'crl'))}\n\n"
+        "[mx]\n"
+        f"listen = {json.dumps(mx_listen)}\n\n"
+        "[submission]\n"
+        f"listen = {json.dumps(submission_listen)}\n"
+        f"listen_tls = {json.dumps(submissions_listen)}\n"
+    )
+
+
+def swaks_examples(endpoints: list[str], pki_dir: Path) -> list[str]:
+    """How to send a message to the running demo with Debian's swaks (``apt install swaks``)."""
+
+    def address(name: str) -> str | None:
+        for line in endpoints:
+            if line.startswith(f"{name}: smtp://"):
+                return line.split("smtp://", 1)[1]
+        return None
+
+    lines = []
+    submission, mx = address("submission"), address("mx")
+    if submission is not None:
+        host, _, port = submission.rpartition(":")
+        lines.append(
+            f"  swaks --server {host} --port {port} --tls --auth PLAIN"
+            f" --auth-user {DEMO_BALS[0].address} --auth-password {DEMO_PASSWORD}"
+            f" --from {DEMO_BALS[0].address} --to paul.durand@clinique-demo.mssante.fr"
+            " --header 'Subject: Compte rendu'"
+        )
+    if mx is not None:
+        host, _, port = mx.rpartition(":")
+        certs = pki_dir / "certs"
+        lines.append(
+            f"  swaks --server {host} --port {port} --tls"
+            f" --tls-cert {certs / 'localhost.pem'} --tls-key {certs / 'localhost.key'}"
+            f" --from secretariat@clinique-demo.mssante.fr --to {DEMO_BALS[0].address}"
+            "   (as a peer operator: its IGC-Sante certificate, listed in the whitelist)"
+        )
+    return lines
 
 
 def _demo_messages(now: datetime) -> list[bytes]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import ssl
 import weakref
+from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -310,5 +311,6 @@ def queue_component(config: Config, store: Store) -> QueueComponent | None:
         command_timeout=float(section.command_timeout),
         port=section.port,
         reports=shared.reports,
+        lease=timedelta(seconds=section.claim_lease),
     )
     return QueueComponent(shared, runner)

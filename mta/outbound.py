@@ -14,8 +14,10 @@ recipient domains' servers, then retries, bounces or completes each entry:
 3. MAIL FROM with SIZE, BODY=8BITMIME, SMTPUTF8 when useful and offered, RET/ENVID when the peer
    offers DSN; RCPT TO with NOTIFY/ORCPT relayed (RFC 3461 §5.2); DATA streamed from the blob.
 4. Each recipient ends delivered (2xx), retried (4xx, connection problems) or failed (5xx, peer
-   refused by our checks). A connection or greeting/EHLO/STARTTLS problem moves on to the next
-   target, as Postfix does; a failure after MAIL does not.
+   refused by our checks). A target that fails before MAIL (connection, greeting, EHLO,
+   STARTTLS, or our refusal of its certificate) hands over to the next one, as Postfix does; a
+   failure after MAIL does not. When every target failed, the domain is retried if one of them
+   failed for now (it may be back at the next attempt), else the refusal is final.
 5. Delivered and failed recipients leave the entry; the others stay, retried at
    :meth:`mta.schedule.RetryPolicy.next_attempt` until the lifetime ends (then failed with
    :data:`mta.schedule.EXPIRED_STATUS`).
@@ -51,6 +53,7 @@ from cryptography import x509
 
 from mta.dsn import DEFAULT_MAX_RETURNED_SIZE, Action, RecipientReport, build_dsn, dsn_requested
 from mta.dsn_params import (
+    Notify,
     OriginalRecipient,
     ParamError,
     Ret,
@@ -83,9 +86,10 @@ log = logging.getLogger(__name__)
 
 AUDIT_ACTION: Final = "mta.outbound"
 ACTOR: Final = "mta"
-DEFAULT_LEASE: Final = timedelta(minutes=30)
-"""How long a claim protects an entry; longer than any attempt (every command has a timeout),
-so that another runner only takes an entry whose runner died."""
+DEFAULT_LEASE: Final = timedelta(minutes=2)
+"""How long a claim protects an entry. The runner renews the claims of the entries it is
+delivering every third of it, so another runner only takes an entry whose runner died, and does
+so within this delay."""
 STOP_GRACE: Final = 30.0
 """Seconds in-flight deliveries get to finish when the runner stops; then they are cancelled
 and their entries put back in the queue."""
@@ -289,6 +293,9 @@ class QueueRunner:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+        # Entries this runner is delivering, by task: their claims are renewed while they run.
+        self._claimed: dict[asyncio.Task[None], int] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
         self._slots = asyncio.Condition()
 
     # -- life cycle -------------------------------------------------------------------------------
@@ -298,12 +305,14 @@ class QueueRunner:
             return
         self._stopping = False
         self._task = asyncio.create_task(self._run(), name="queue-runner")
+        self._heartbeat = asyncio.create_task(self._renew_claims(), name="queue-claims")
 
     async def stop(self) -> None:
         """Stop claiming, let in-flight deliveries finish for up to ``stop_grace`` seconds, then
         cancel them (their entries go back to the queue, due at once)."""
         self._stopping = True
         self._wake.set()
+        heartbeat, self._heartbeat = self._heartbeat, None
         task, self._task = self._task, None
         if task is not None:
             # A claim stuck on an unresponsive database is abandoned (wait_for cancels it).
@@ -315,6 +324,10 @@ class QueueRunner:
                 t.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=self.stop_grace)
+        if heartbeat is not None:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
 
     def notify(self) -> None:
         """Something was queued: look at the queue now instead of at the next poll."""
@@ -349,14 +362,31 @@ class QueueRunner:
                 for entry in entries:
                     task = asyncio.create_task(self._process(entry), name=f"deliver-{entry.id}")
                     self._in_flight.add(task)
+                    self._claimed[task] = entry.id
                     task.add_done_callback(self._finished)
             if claimed and claimed == free:
                 continue  # there may be more due: claim again when a worker is free
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
 
+    async def _renew_claims(self) -> None:
+        """Renew the claims of the entries in delivery every third of the lease: the lease can
+        stay short (a crashed runner's entries are retried within it) however long a delivery
+        takes."""
+        every = max(self.lease.total_seconds() / 3, 0.1)
+        while True:
+            await asyncio.sleep(every)
+            ids = list(self._claimed.values())
+            if not ids:
+                continue
+            try:
+                await self.store.renew_queue_claims(self.worker, ids, self.lease)
+            except Exception as exc:  # the store is down: the next beat tries again
+                log.error("queue runner: cannot renew claims: %s", exc)
+
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
+        self._claimed.pop(task, None)
         self._wake.set()  # a worker is free
 
     # -- one entry --------------------------------------------------------------------------------
@@ -937,7 +967,8 @@ class QueueRunner:
 # -- helpers --------------------------------------------------------------------------------------
 
 
-def _notify(r: Recipient) -> frozenset[Any] | None:
+def _notify(r: Recipient) -> frozenset[Notify] | None:
+    """The recipient's NOTIFY (None: not given, RFC 3461 §4.1 default)."""
     if r.notify is None:
         return None
     try:

@@ -1170,6 +1170,29 @@ class Store(DirectoryStateStore, AddressBookStore):
             ).all()
         return sorted((_queue_entry(r) for r in rows), key=lambda e: e.next_attempt_at)
 
+    async def renew_queue_claims(
+        self, worker: str, entry_ids: Sequence[int], lease: timedelta
+    ) -> int:
+        """Extend ``worker``'s claims on ``entry_ids`` (a heartbeat while it delivers them), so
+        that a short lease suffices: if the worker dies, its entries are due again as soon as
+        the lease runs out. Returns how many claims were still held."""
+        if not entry_ids:
+            return 0
+        renewed = 0
+        async with self.db.writer.begin() as conn:
+            for chunk in _chunks(list(entry_ids)):
+                result = await conn.execute(
+                    update(outbound_queue)
+                    .where(
+                        outbound_queue.c.id.in_(chunk),
+                        outbound_queue.c.status == QueueStatus.CLAIMED.value,
+                        outbound_queue.c.claimed_by == worker,
+                    )
+                    .values(claimed_until=_now() + lease)
+                )
+                renewed += result.rowcount or 0
+        return renewed
+
     async def complete_queue_entry(self, entry_id: int, worker: str) -> bool:
         """Mark delivered. False when ``worker`` no longer holds the claim (its lease ran out
         and another runner took the entry): that runner's outcome is the one that counts."""

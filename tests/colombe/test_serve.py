@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import signal
 import socket
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -147,8 +149,14 @@ def test_serve_with_a_broken_config_exits_with_one_line_naming_the_key(tmp_path:
 
 def test_demo_seeds_bals_serves_them_and_stops_on_sigterm(tmp_path: Path) -> None:
     demo = Background(
-        "demo", "--dir", str(tmp_path / "var"), "--admin-listen", "127.0.0.1:0", cwd=tmp_path
-    )
+        "demo",
+        "--dir", str(tmp_path / "var"),
+        "--admin-listen", "127.0.0.1:0",
+        "--mx-listen", "127.0.0.1:0",
+        "--submission-listen", "127.0.0.1:0",
+        "--submissions-listen", "127.0.0.1:0",
+        cwd=tmp_path,
+    )  # fmt: skip
     try:
         demo.wait_for("stdout", r"^Stop with Ctrl-C\.$")
         out = "".join(demo.stdout)
@@ -184,6 +192,32 @@ def test_demo_seeds_bals_serves_them_and_stops_on_sigterm(tmp_path: Path) -> Non
         assert [d["delegate"] for d in claire["delegates"]] == [
             "secretariat@cabinet-demo.mssante.fr"
         ]
+
+        # The printed swaks commands work as printed: one submission, one peer-operator delivery.
+        assert "mx: smtp://127.0.0.1:" in out
+        assert "submission: smtps://127.0.0.1:" in out
+        commands = [
+            shlex.split(line.split("   (", 1)[0])
+            for line in out.splitlines()
+            if line.strip().startswith("swaks ")
+        ]
+        assert len(commands) == 2
+        for command in commands:
+            sent = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+            assert sent.returncode == 0, sent.stdout + sent.stderr
+            assert "250 2.0.0 OK queued as" in sent.stdout
+        (claire_after, paul) = run_many(
+            [
+                ["bal", "show", "claire.martin@cabinet-demo.mssante.fr", "--json"],
+                ["bal", "show", "paul.durand@clinique-demo.mssante.fr", "--json"],
+            ],
+            cwd=tmp_path,
+        )
+        inboxes = [
+            next(f for f in json.loads(r.stdout)["folders"] if f["name"] == "INBOX")["messages"]
+            for r in (claire_after, paul)
+        ]
+        assert inboxes == [3, 1]
 
         assert demo.stop(signal.SIGTERM) == 0
         assert refuses_connections(port)

@@ -10,7 +10,8 @@ import asyncio
 import smtplib
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -251,6 +252,14 @@ def smtp_session(
 
 async def in_thread(fn: Callable[[], Any]) -> Any:
     return await asyncio.to_thread(fn)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 20.0) -> None:
+    """Wait until ``check()`` holds (polling), failing after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not await check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
 
 
 class RawClient:

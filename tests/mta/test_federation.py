@@ -29,7 +29,7 @@ from colombe.mta import mx_component, queue_component, services, submission_comp
 from pki.testpki import TestPki
 from store import Store
 from tests.conftest import StoreLocation
-from tests.mta.conftest import PASSWORD, in_thread, message, whitelist_xml
+from tests.mta.conftest import PASSWORD, eventually, in_thread, message, whitelist_xml
 
 A_DOMAIN = "hopital-a.mssante.fr"
 B_DOMAIN = "clinique-b.mssante.fr"
@@ -55,11 +55,12 @@ class Operator:
         folder = await self.store.get_folder(address, "INBOX")
         return [await self.store.read_message(m) for m in await self.store.list_messages(folder.id)]
 
-    async def wait_inbox(self, address: str, count: int, timeout: float = 20) -> list[bytes]:
-        async with asyncio.timeout(timeout):
-            while len(got := await self.inbox(address)) < count:
-                await asyncio.sleep(0.1)
-        return got
+    async def wait_inbox(self, address: str, count: int) -> list[bytes]:
+        async def arrived() -> bool:
+            return len(await self.inbox(address)) >= count
+
+        await eventually(arrived)
+        return await self.inbox(address)
 
     async def stop(self) -> None:
         for component in reversed(self.components):
@@ -81,9 +82,9 @@ async def start_operator(
 ) -> Operator:
     await store.add_domain(domain)
     await store.create_bal(doctor, display_name=name, password=PASSWORD)
-    folder.mkdir(parents=True, exist_ok=True)
     routes = folder / "routes"
-    routes.write_text(f"{peer_domain} = 127.0.0.1:{peer_mx_port}\n")
+    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(routes.write_text, f"{peer_domain} = 127.0.0.1:{peer_mx_port}\n")
     issued = pki.certs[cert]
     config = Config(
         store=StoreSection(database_url="unused", blob_dir=str(folder / "blobs")),
@@ -115,9 +116,11 @@ async def start_operator(
             await component.start()
             started.append(component)
         whitelist = services(config, store).whitelist
-        async with asyncio.timeout(20):
-            while not whitelist.is_listed(peer_domain):
-                await asyncio.sleep(0.05)
+
+        async def loaded() -> bool:
+            return whitelist.is_listed(peer_domain)
+
+        await eventually(loaded)
     except BaseException:
         for component in reversed(started):
             await component.stop()

@@ -17,6 +17,7 @@ from sqlalchemy import update
 
 from directory.whitelist import Whitelist, parse_whitelist
 from mta.outbound import DotStuffer, QueueRunner
+from mta.policy import PATIENT_DOMAIN
 from mta.reports import ReportSender
 from mta.routes import parse_routes
 from mta.schedule import RetryPolicy
@@ -58,6 +59,7 @@ def whitelist() -> Whitelist:
         (CN_DIFF, listed_dn("cert-cn-diff-dn-audit.peer.test")),
         (SANS_TLS, listed_dn("cert-valide-audit.peer.test")),
         (REMOTE_SENDER_DOMAIN, listed_dn("mx.clinique-distante.peer.test")),
+        (PATIENT_DOMAIN, listed_dn("cert-valide-audit.peer.test")),
     ]
     xml = gen.document([gen.entry_xml(d, dn) for d, dn in entries])
     return parse_whitelist(xml, min_entries=1)
@@ -227,6 +229,37 @@ async def test_success_notice_is_relayed_when_the_peer_does_not_offer_dsn(
     assert b"Action: relayed" in report
     assert b"Original-Envelope-Id: E1" in report
     assert f"Final-Recipient: rfc822; a@{VALID}".encode() in report
+
+
+async def test_large_8bit_message_is_streamed_intact(
+    env: Env, valid_peer: int, peer_handler: PeerHandler
+) -> None:
+    # Lines starting with "." fall on every offset of the blob's read chunks.
+    body = b"".join(b".ligne %d \xc3\xa9t\xc3\xa9\r\n" % i for i in range(150_000))
+    message = MESSAGE.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n" + body
+    assert len(message) > 3_000_000
+    entry = await env.store.enqueue(env.doctor, [Recipient(f"a@{VALID}")], message)
+    await env.runner({VALID: valid_peer}).run_once()
+    assert (await env.store.get_queue_entry(entry.id)).status is QueueStatus.DONE
+    (received,) = peer_handler.messages
+    assert received.content == message
+    (mail,) = peer_handler.saw("MAIL")
+    assert "BODY=8BITMIME" in mail
+
+
+async def test_audit_records_never_hold_a_patient_ins(
+    env: Env, valid_peer: int, peer_handler: PeerHandler
+) -> None:
+    ins = "146026322000196"
+    patient = f"{ins}@{PATIENT_DOMAIN}"
+    peer_handler.rcpt_replies[patient] = [f"550 5.1.1 <{patient}> unknown"]
+    await env.store.enqueue(env.doctor, [Recipient(patient)], MESSAGE, sender_bal=env.doctor)
+    await env.runner({PATIENT_DOMAIN: valid_peer}).run_once()
+    records = [r for r in await env.store.tail_audit() if r.action == "mta.outbound"]
+    assert [r.result for r in records] == ["failed"]
+    assert ins not in repr(records)
+    assert records[0].detail is not None
+    assert records[0].detail["recipients"] == {f"***@{PATIENT_DOMAIN}": "5.1.1"}
 
 
 # -- the audit matrix, outbound ------------------------------------------------------------------

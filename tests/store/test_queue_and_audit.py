@@ -81,3 +81,25 @@ async def test_a_runner_whose_lease_expired_cannot_overwrite_the_new_claim(
     assert not await store.fail_queue_entry(entry.id, "slow-runner", "550 late")
     [done] = await store.list_queue()
     assert done.status is QueueStatus.DONE
+
+
+async def test_renewed_claim_is_not_taken_by_another_runner(store: Store, doctor: str) -> None:
+    entry = await store.enqueue(doctor, [Recipient("a@b.mssante.fr")], simple_message())
+    await store.claim_queue_entries("busy-runner", lease=timedelta(seconds=-1))
+    # The heartbeat of the runner still delivering it: the lapsed claim is extended.
+    assert await store.renew_queue_claims("busy-runner", [entry.id], timedelta(minutes=2)) == 1
+    assert await store.claim_queue_entries("runner-2") == []
+    # Only the holder renews.
+    assert await store.renew_queue_claims("runner-2", [entry.id], timedelta(minutes=2)) == 0
+
+
+async def test_batched_audit_records_are_appended_in_order(store: Store) -> None:
+    await store.audit_many(
+        [
+            {"action": "mta.inbound", "actor": "peer", "result": "accepted", "detail": {"n": 1}},
+            {"action": "mta.inbound", "actor": "peer", "result": "refused", "source": "::1"},
+        ]
+    )
+    records = await store.tail_audit(limit=2)
+    assert [(r.result, r.source) for r in records] == [("accepted", None), ("refused", "::1")]
+    assert records[0].detail == {"n": 1}
