@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import ssl
 import weakref
-from datetime import timedelta
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from colombe.config import Config, ConfigError, parse_listen

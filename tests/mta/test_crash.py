@@ -10,7 +10,6 @@ import signal
 import smtplib
 import ssl
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -83,7 +82,14 @@ claim_lease = 3
     return config
 
 
-def load(port: int, trust: Path, acked: list[str], stop: threading.Event, client: int) -> None:
+def load(
+    port: int,
+    trust: Path,
+    acked: list[str],
+    enough: threading.Event,
+    stop: threading.Event,
+    client: int,
+) -> None:
     """One client: a session, then messages until the server dies; records what got 250."""
     ctx = ssl.create_default_context(cafile=str(trust))
     ctx.check_hostname = False
@@ -104,6 +110,8 @@ def load(port: int, trust: Path, acked: list[str], stop: threading.Event, client
             ).encode()
             smtp.sendmail(SENDER, [recipient], data)  # raises unless 250
             acked.append(tag)
+            if len(acked) >= KILL_AFTER:
+                enough.set()
     except (smtplib.SMTPException, OSError):
         pass  # the server was killed: what follows was never acknowledged
 
@@ -148,19 +156,24 @@ async def test_sigkill_during_load_loses_nothing_acknowledged(
     try:
         server.wait_for("stderr", r"^ready: ")
         acked: list[str] = []
-        stop = threading.Event()
+        enough, stop = threading.Event(), threading.Event()
         threads = [
             threading.Thread(
                 target=load,
-                args=(ports["a_submission"], test_pki.directory / "trust.pem", acked, stop, n),
+                args=(
+                    ports["a_submission"],
+                    test_pki.directory / "trust.pem",
+                    acked,
+                    enough,
+                    stop,
+                    n,
+                ),
             )
             for n in range(CLIENTS)
         ]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + LOAD_SECONDS
-        while len(acked) < KILL_AFTER and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await asyncio.to_thread(enough.wait, LOAD_SECONDS)
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(timeout=10)
         stop.set()
