@@ -25,7 +25,7 @@ from mta.reports import ReportSender
 from mta.routes import ConnectionLimits, RouteTable, parse_routes
 from mta.sasl import Login, Plain
 from mta.schedule import RetryPolicy
-from mta.smtpd import Limits, Listener, SaslMechanism
+from mta.smtpd import AuthThrottle, ConnectionBudget, Limits, Listener, SaslMechanism
 from mta.submission import SubmissionHandler
 from pki.crl import CrlCache
 from pki.loading import load_certificate_file, load_crl
@@ -222,6 +222,8 @@ def submission_component(config: Config, store: Store) -> SmtpComponent | None:
     mechanisms["PLAIN"] = Plain(handler.check_password)
     mechanisms["LOGIN"] = Login(handler.check_password)
     context: ssl.SSLContext = client_facing_context(cert, key)
+    # 587 and 465 share one connection budget and one memory of failed logins.
+    budget, throttle = ConnectionBudget(limits), AuthThrottle()
     listeners: list[tuple[Listener, str, int]] = []
     for value, key_name, implicit in (
         (section.listen, "submission.listen", False),
@@ -236,6 +238,8 @@ def submission_component(config: Config, store: Store) -> SmtpComponent | None:
                 limits=limits,
                 blob_writer=store.blobs.writer,
                 implicit_tls=implicit,
+                budget=budget,
+                auth_throttle=throttle,
             )
             listeners.append((listener, host, port))
     return SmtpComponent("submission", shared, listeners)

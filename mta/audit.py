@@ -27,6 +27,18 @@ MAX_PENDING: Final = 100_000
 the loss is logged: the listener must not run out of memory for its audit trail."""
 
 
+def _clean(value: Any) -> Any:
+    """Strings made valid UTF-8 (a peer's bytes decoded with escapes must not reach a driver
+    that refuses surrogates), recursively."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
 class AuditWriter:
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -60,15 +72,17 @@ class AuditWriter:
             self._pending.pop(0)
             self.dropped += 1
         self._pending.append(
-            {
-                "at": datetime.now(UTC),
-                "action": action,
-                "actor": actor,
-                "result": result,
-                "bal": bal,
-                "source": source,
-                "detail": detail,
-            }
+            _clean(
+                {
+                    "at": datetime.now(UTC),
+                    "action": action,
+                    "actor": actor,
+                    "result": result,
+                    "bal": bal,
+                    "source": source,
+                    "detail": detail,
+                }
+            )
         )
         if (self._task is None or self._task.done()) and not self._closing:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="audit")
@@ -80,10 +94,28 @@ class AuditWriter:
             batch = self._pending[:FLUSH_SIZE]
             try:
                 await self._store.audit_many(batch)
-            except Exception:
-                log.exception("audit records could not be written; retrying")
-                return
+            except Exception as exc:
+                if not await self._write_singly(batch):
+                    log.error("audit records could not be written (%s); retrying", exc)
+                    return
             del self._pending[: len(batch)]
+
+    async def _write_singly(self, batch: list[dict[str, Any]]) -> bool:
+        """After a failed batch: write its records one by one, dropping (and counting) a record
+        the database refuses, so that one bad record cannot block the trail. False when the
+        database refuses everything (it is down: the batch is kept for the next try)."""
+        refused = []
+        for record in batch:
+            try:
+                await self._store.audit_many([record])
+            except Exception:
+                refused.append(record)
+        if len(refused) == len(batch):
+            return False
+        for record in refused:
+            self.dropped += 1
+            log.error("audit record %s refused by the database, dropped", record["action"])
+        return True
 
     async def close(self) -> None:
         self._closing = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
@@ -16,7 +17,7 @@ from typing import Protocol
 from mta import headers
 from mta.audit import AuditWriter
 from mta.dsn import Action, RecipientReport, build_dsn, dsn_requested
-from mta.dsn_params import format_notify, format_orcpt
+from mta.dsn_params import format_envid, format_notify, format_orcpt
 from mta.policy import PATIENT_DOMAIN, mss_headers
 from mta.received import received_header, with_protocol
 from mta.smtpd import AcceptedRecipient, Envelope, Message, Session
@@ -38,6 +39,14 @@ def mask(address: str) -> str:
     if domain.lower() == PATIENT_DOMAIN:
         return f"{local[:2]}***@{domain}" if local else address
     return address
+
+
+_PATIENT_ADDRESS = re.compile(r"[^\s<>@\"'(),;:]+@patient\.mssante\.fr", re.IGNORECASE)
+
+
+def mask_text(text: str) -> str:
+    """``text`` (a reply we sent, which may quote an address) with patient addresses masked."""
+    return _PATIENT_ADDRESS.sub(lambda m: mask(m.group()), text)
 
 
 class Receiver:
@@ -130,7 +139,8 @@ class Receiver:
             ],
             message.data if message.data is not None else _blob(message),
             sender_bal=sender_bal,
-            envid=envelope.params.envid,
+            # The queue keeps the ENVID in its xtext wire form, relayed as is (RFC 3461 §4.4).
+            envid=format_envid(envelope.params.envid) if envelope.params.envid else None,
             ret=envelope.params.ret.value if envelope.params.ret else None,
         )
         if self.on_queued is not None:
@@ -150,12 +160,17 @@ class Receiver:
         if not wanted or self.reports is None:
             return
         try:
-            if message.data is not None:
-                original = message.data[len(message.trace) :]
-            else:
-                original = await self.store.blobs.read_range(
-                    _blob(message), len(message.trace), message.stored_size
+            # A success report carries the header block only (RFC 3461 §4.3: RET=FULL is for
+            # failures), so only that is read, however big the message.
+            original = headers.header_block(
+                message.data[len(message.trace) :]
+                if message.data is not None
+                else await self.store.blobs.read_range(
+                    _blob(message),
+                    len(message.trace),
+                    len(message.trace) + headers.MAX_HEADER_BLOCK,
                 )
+            )
             now = datetime.now(UTC)
             report = build_dsn(
                 reporting_mta=self.hostname,

@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 
 from mta import policy, replies
-from mta.delivery import Receiver, mask
+from mta.delivery import Receiver, mask, mask_text
 from mta.dsn_params import MailParams, RcptParams
 from mta.policy import RouteKind, WhitelistView
 from mta.replies import Reply
@@ -60,6 +60,15 @@ class HostedDomains:
         except BalNotFound:
             return None
 
+    async def postmaster(self) -> str | None:
+        """Where ``RCPT TO:<Postmaster>`` (no domain, RFC 5321 §4.5.1) goes: the active
+        ``postmaster@`` BAL of the first of our domains (in name order) that has one."""
+        for domain in sorted(await self.names()):
+            address = f"postmaster@{domain}"
+            if await self.bal_status(address) is BalStatus.ACTIVE:
+                return address
+        return None
+
 
 class MxHandler:
     name = "mx"
@@ -90,9 +99,18 @@ class MxHandler:
         cert, verdict = session.peer_cert, session.cert_verdict
         if cert is None:
             return replies.NO_CLIENT_CERTIFICATE
+        if verdict is None:
+            # Never judged (the check failed): fail closed, and let the peer retry.
+            return replies.CERTIFICATE_UNCHECKED
         domain = address.rpartition("@")[2]
-        if verdict is not None and not verdict.ok:
+        if not verdict.ok:
             return replies.certificate_refused(verdict.reason, domain)
+        if address:
+            parsed = policy.parse_address(address)
+            if isinstance(parsed, Reply):
+                return (
+                    parsed if parsed is replies.NON_ASCII_DOMAIN else replies.INVALID_SENDER_ADDRESS
+                )
         refusal = policy.check_inbound_sender(address, cert.subject, self.whitelist)
         # Of check_inbound_sender's refusals, only "DN not listed" is 5.7.1 for a non-null sender.
         if refusal is not None and address and refusal.enhanced == "5.7.1":
@@ -105,6 +123,11 @@ class MxHandler:
     async def on_rcpt(
         self, session: Session, envelope: Envelope, address: str, params: RcptParams
     ) -> Reply | AcceptedRecipient:
+        if address.lower() == "postmaster":
+            postmaster = await self.domains.postmaster()
+            if postmaster is None:
+                return replies.UNKNOWN_MAILBOX
+            return AcceptedRecipient(postmaster, params, RouteKind.LOCAL)
         parsed = policy.parse_address(address)
         hosted = await self.domains.names()
         status = None
@@ -158,7 +181,7 @@ class MxHandler:
             detail={
                 "session": session.id,
                 "stage": stage,
-                "reply": str(reply)[:200],
+                "reply": mask_text(str(reply))[:200],
                 "tls": session.tls_version,
                 "peer_dn": session.peer_dn,
                 "cert": session.cert_verdict.reason.value if session.cert_verdict else None,

@@ -321,6 +321,11 @@ TOO_MANY_CONNECTIONS: Final = Reply(
 )
 TOO_MANY_ERRORS: Final = Reply(421, "4.7.0", "Too many errors, closing connection / trop d'erreurs")
 TIMEOUT: Final = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
+SESSION_FAILED: Final = Reply(
+    421, "4.3.0", "Temporary failure, closing connection / erreur temporaire"
+)
+"""Receiving a message failed mid-stream: we hang up rather than read its text as commands."""
+TLS_SETUP_FAILED: Final = Reply(421, "4.7.0", "TLS session setup failed, try again later")
 SHUTTING_DOWN: Final = Reply(421, "4.3.2", "Service shutting down, try again later")
 
 # -- authentication (submission) -----------------------------------------------------------------
@@ -337,6 +342,12 @@ AUTH_ALREADY_DONE: Final = Reply(503, "5.5.1", "Error: already authenticated")
 AUTH_CANCELLED: Final = Reply(501, "5.7.0", "Authentication cancelled")
 AUTH_LINE_TOO_LONG: Final = Reply(500, "5.5.6", "Authentication Exchange line is too long")
 AUTH_TEMPORARY_FAILURE: Final = Reply(454, "4.7.0", "Temporary authentication failure")
+AUTH_THROTTLED: Final = Reply(
+    454, "4.7.0", "Too many authentication failures, try again later / trop d'echecs"
+)
+TOO_MANY_AUTH_FAILURES: Final = Reply(
+    421, "4.7.0", "Too many authentication failures / trop d'echecs"
+)
 
 
 def sender_not_owned(address: str) -> Reply:
@@ -384,6 +395,7 @@ PIPELINING_VIOLATION: Final = Reply(554, "5.5.0", "Error: SMTP protocol synchron
 
 COMMAND_UNRECOGNIZED: Final = Reply(500, "5.5.2", "Error: command not recognized")
 LINE_TOO_LONG: Final = Reply(500, "5.5.2", "Error: line too long")
+INVALID_UTF8: Final = Reply(500, "5.5.2", "Error: command is not valid UTF-8")
 SYNTAX_ERROR: Final = Reply(501, "5.5.4", "Syntax error in parameters or arguments")
 COMMAND_NOT_IMPLEMENTED: Final = Reply(502, "5.5.1", "Error: command not implemented")
 NEED_EHLO: Final = Reply(503, "5.5.1", "Error: send HELO/EHLO first")
@@ -396,6 +408,12 @@ PARAMETER_UNRECOGNIZED: Final = Reply(555, "5.5.4", "Unsupported MAIL FROM or RC
 
 STORE_UNAVAILABLE: Final = Reply(
     451, "4.3.0", "Temporary failure storing the message, try again later / erreur temporaire"
+)
+CERTIFICATE_UNCHECKED: Final = Reply(
+    451,
+    "4.7.0",
+    "Cannot check the client certificate now, try again later"
+    " / certificat non verifiable, reessayer plus tard",
 )
 
 

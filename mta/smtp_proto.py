@@ -11,8 +11,8 @@ Command lines (RFC 5321 §4.1.1, §2.3.8, §4.5.3.1.4):
   disagree with ours is how SMTP smuggling starts;
 - a command line is at most :data:`MAX_COMMAND_LINE` octets, CRLF included (RFC 5321 allows 512;
   SMTPUTF8 addresses and DSN parameters need more, Postfix allows 2048 as well);
-- the verb is ASCII letters, compared case-insensitively; the argument is kept as UTF-8 text
-  (surrogate escapes for anything else, so the policy layer refuses it with a precise reply).
+- the verb is ASCII letters, compared case-insensitively; the argument must be UTF-8 (RFC 6531),
+  anything else is refused with 500 5.5.2 before it reaches the policy, the logs or the audit.
 
 DATA (RFC 5321 §4.1.1.4, §4.5.2): :class:`DataReader` removes the transparency dots and finds the
 end of data, which is ``<CRLF>.<CRLF>`` and nothing else. Every line of the content must end in
@@ -64,10 +64,11 @@ def parse_command(line: bytes) -> Command | Reply:
     verb, _, argument = line.partition(b" ")
     if not _VERB_RE.fullmatch(verb):
         return replies.COMMAND_UNRECOGNIZED
-    return Command(
-        verb.decode("ascii").upper(),
-        argument.strip(b" \t").decode("utf-8", errors="surrogateescape"),
-    )
+    try:
+        text = argument.strip(b" \t").decode("utf-8")
+    except UnicodeDecodeError:
+        return replies.INVALID_UTF8
+    return Command(verb.decode("ascii").upper(), text)
 
 
 # -- MAIL FROM / RCPT TO ----------------------------------------------------------------------------
@@ -152,6 +153,21 @@ class DataReader:
         pos = 0
         n = len(data)
         while pos < n:
+            if self._at_line_start and data[pos] != 0x2E:
+                # Fast path: whole lines up to the last LF, when none starts with a dot and every
+                # CR and LF of them pairs up as CRLF (one scan per chunk, not one per line).
+                last = data.rfind(b"\n", pos)
+                if last > pos:
+                    block = data[pos : last + 1]
+                    crlf = block.count(b"\r\n")
+                    if (
+                        block.count(b"\n") == crlf
+                        and block.count(b"\r") == crlf
+                        and b"\n." not in block
+                    ):
+                        out.append(block)
+                        pos = last + 1
+                        continue
             if self._at_line_start and data[pos] == 0x2E:  # "."
                 # Transparency (RFC 5321 §4.5.2) or the end marker.
                 if data.startswith(b".\r\n", pos):

@@ -35,6 +35,7 @@ import contextlib
 import logging
 import secrets
 import ssl
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from cryptography import x509
 from mta import replies
 from mta.dsn_params import MailParams, ParamError, RcptParams, parse_mail_params, parse_rcpt_params
 from mta.policy import RouteKind
-from mta.replies import Reply
+from mta.replies import Reply, printable
 from mta.smtp_proto import (
     MAX_COMMAND_LINE,
     Command,
@@ -215,9 +216,66 @@ class Closed(Exception):
     """The client went away, or we hung up."""
 
 
+class ConnectionBudget:
+    """Connections in use, in all and per client IP; one budget may be shared by several
+    listeners (submission's 587 and 465 count together)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.max_connections = limits.max_connections
+        self.max_per_ip = limits.max_connections_per_ip
+        self.in_use = 0
+        self._per_ip: Counter[str] = Counter()
+
+    def acquire(self, ip: str) -> bool:
+        if self.in_use >= self.max_connections or self._per_ip[ip] >= self.max_per_ip:
+            return False
+        self.in_use += 1
+        self._per_ip[ip] += 1
+        return True
+
+    def release(self, ip: str) -> None:
+        self.in_use -= 1
+        self._per_ip[ip] -= 1
+        if self._per_ip[ip] <= 0:
+            del self._per_ip[ip]
+
+
+class AuthThrottle:
+    """Failed authentications per client IP over a sliding window, shared by every session (a
+    client that reconnects does not start afresh, as with Dovecot's auth penalty): past
+    ``max_failures`` in ``window`` seconds, AUTH is refused with 454 4.7.0 without even checking
+    the credentials. Bounded: the oldest IPs are forgotten beyond ``max_ips``."""
+
+    def __init__(self, *, max_failures: int = 10, window: float = 900.0, max_ips: int = 100_000):
+        self.max_failures = max_failures
+        self.window = window
+        self.max_ips = max_ips
+        self._failures: dict[str, list[float]] = {}
+
+    def _recent(self, ip: str, now: float) -> list[float]:
+        times = [t for t in self._failures.get(ip, ()) if now - t < self.window]
+        if times:
+            self._failures[ip] = times
+        else:
+            self._failures.pop(ip, None)
+        return times
+
+    def blocked(self, ip: str) -> bool:
+        return len(self._recent(ip, time.monotonic())) >= self.max_failures
+
+    def failed(self, ip: str) -> None:
+        now = time.monotonic()
+        times = self._recent(ip, now)
+        times.append(now)
+        self._failures[ip] = times[-self.max_failures :]
+        if len(self._failures) > self.max_ips:
+            del self._failures[next(iter(self._failures))]
+
+
 class Listener:
     """One listening socket for a handler: plain (STARTTLS offered when ``tls_context`` is given)
-    or implicit TLS (``implicit_tls``, port 465)."""
+    or implicit TLS (``implicit_tls``, port 465; the handshake runs inside the session, after
+    the connection limits, under the session timeout)."""
 
     def __init__(
         self,
@@ -228,6 +286,8 @@ class Listener:
         limits: Limits,
         blob_writer: Callable[[], BlobSink],
         implicit_tls: bool = False,
+        budget: ConnectionBudget | None = None,
+        auth_throttle: AuthThrottle | None = None,
     ) -> None:
         if implicit_tls and tls_context is None:
             raise ValueError("implicit TLS needs a TLS context")
@@ -237,9 +297,11 @@ class Listener:
         self.limits = limits
         self.implicit_tls = implicit_tls
         self.blob_writer = blob_writer
+        self.budget = budget or ConnectionBudget(limits)
+        self.auth_throttle = auth_throttle or AuthThrottle()
+        self.stopping = False
         self._server: asyncio.Server | None = None
         self._connections: set[Connection] = set()
-        self._per_ip: Counter[str] = Counter()
         self.accepted = 0
         self.refused_connections = 0
 
@@ -250,22 +312,19 @@ class Listener:
         return [s.getsockname()[:2] for s in self._server.sockets]
 
     async def start(self, host: str, port: int) -> None:
+        self.stopping = False
         self._server = await asyncio.start_server(
-            self._serve,
-            host,
-            port,
-            ssl=self.tls_context if self.implicit_tls else None,
-            limit=READ_SIZE,
-            reuse_address=True,
-            backlog=1024,
+            self._serve, host, port, limit=READ_SIZE, reuse_address=True, backlog=1024
         )
 
     async def stop(self) -> None:
+        """Stop accepting; idle sessions get 421 4.3.2 at once, busy ones (receiving or storing
+        a message) finish their transaction first, for at most :data:`STOP_GRACE` seconds."""
         if self._server is None:
             return
+        self.stopping = True
         self._server.close()
-        idle = [c for c in self._connections if not c.busy]
-        for c in idle:
+        for c in [c for c in self._connections if not c.busy]:
             c.task.cancel()
         busy = [c.task for c in self._connections if c.busy]
         if busy:
@@ -285,15 +344,13 @@ class Listener:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
         ip = str(peer[0])
-        limits = self.limits
-        if (
-            len(self._connections) >= limits.max_connections
-            or self._per_ip[ip] >= limits.max_connections_per_ip
-        ):
+        if self.stopping or not self.budget.acquire(ip):
             self.refused_connections += 1
             with contextlib.suppress(Exception):
-                writer.write(replies.TOO_MANY_CONNECTIONS.wire())
-                await asyncio.wait_for(writer.drain(), 5)
+                refusal = replies.SHUTTING_DOWN if self.stopping else replies.TOO_MANY_CONNECTIONS
+                if not self.implicit_tls:  # no TLS yet: nothing can be said on port 465
+                    writer.write(refusal.wire())
+                    await asyncio.wait_for(writer.drain(), 5)
             writer.close()
             return
         task = asyncio.current_task()
@@ -301,22 +358,23 @@ class Listener:
         session = Session(secrets.token_hex(6), self.handler.name, ip, int(peer[1]))
         connection = Connection(self, reader, writer, session, task)
         self._connections.add(connection)
-        self._per_ip[ip] += 1
         self.accepted += 1
         try:
             await connection.run()
-        except (Closed, ConnectionError, asyncio.CancelledError, TimeoutError):
+        except (Closed, ConnectionError, asyncio.CancelledError, TimeoutError, ssl.SSLError):
             pass
         except Exception:
             log.exception("session %s failed", session.id)
         finally:
             self._connections.discard(connection)
-            self._per_ip[ip] -= 1
-            if self._per_ip[ip] <= 0:
-                del self._per_ip[ip]
+            self.budget.release(ip)
+            with contextlib.suppress(Exception):
+                if self.stopping and not connection.said_goodbye:
+                    connection.queue(replies.SHUTTING_DOWN)
+                connection.write_pending()
             writer.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 5)
+                await asyncio.wait_for(writer.wait_closed(), 1)
 
 
 class BlobSink(Protocol):
@@ -346,30 +404,70 @@ class Connection:
         self.session = session
         self.task = task
         self.busy = False
+        self.said_goodbye = False
         self.errors = 0
         self.auth_failures = 0
         self.envelope: Envelope | None = None
         self._buf = bytearray()
+        self._out: list[bytes] = []
         self._eof = False
 
     # -- I/O --------------------------------------------------------------------------------------
+    # Replies are queued and written when the session next waits for the client: a pipelining
+    # client gets the replies to a batch of commands in one write (one TLS record, one syscall).
 
-    async def _fill(self) -> None:
+    def queue(self, reply: Reply | bytes) -> None:
+        self._out.append(reply.wire() if isinstance(reply, Reply) else reply)
+        if reply is replies.CLOSING or (isinstance(reply, Reply) and reply.code == 421):
+            self.said_goodbye = True
+
+    def write_pending(self) -> None:
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            self.writer.write(data)
+
+    async def _flush(self) -> None:
+        if not self._out:
+            return
+        try:
+            self.write_pending()
+            async with asyncio.timeout(self.limits.timeout):
+                await self.writer.drain()
+        except (TimeoutError, OSError) as exc:
+            raise Closed from exc
+
+    async def _send(self, reply: Reply | bytes) -> None:
+        self.queue(reply)
+        if sum(len(chunk) for chunk in self._out) > READ_SIZE:
+            await self._flush()
+
+    async def _fill(self, deadline: float | None = None) -> None:
+        """Read more from the client (flushing our replies first). ``deadline`` (loop time)
+        bounds the wait in total, not per read: a client trickling one octet at a time cannot
+        hold a session open."""
+        await self._flush()
         if self._eof:
             raise Closed
+        loop = asyncio.get_running_loop()
+        limit = self.limits.timeout if deadline is None else max(deadline - loop.time(), 0.0)
         try:
-            async with asyncio.timeout(self.limits.timeout):
+            async with asyncio.timeout(limit):
                 chunk = await self.reader.read(READ_SIZE)
         except TimeoutError:
-            await self._send(replies.TIMEOUT)
+            self.queue(replies.TIMEOUT)
             raise Closed from None
+        except OSError as exc:  # includes ssl.SSLError: a broken TLS stream
+            raise Closed from exc
         if not chunk:
             self._eof = True
             raise Closed
         self._buf += chunk
 
     async def _read_line(self, limit: int = MAX_COMMAND_LINE) -> bytes | None:
-        """The next line, LF included; None when it was longer than ``limit`` (then dropped)."""
+        """The next line, LF included, read within the session timeout; None when it was
+        longer than ``limit`` (then dropped)."""
+        deadline = asyncio.get_running_loop().time() + self.limits.timeout
         start = 0
         while True:
             lf = self._buf.find(b"\n", start)
@@ -381,12 +479,12 @@ class Connection:
                 del self._buf[: lf + 1]
                 return line
             if len(self._buf) > limit:
-                await self._drop_long_line()
+                await self._drop_long_line(deadline)
                 return None
             start = len(self._buf)
-            await self._fill()
+            await self._fill(deadline)
 
-    async def _drop_long_line(self) -> None:
+    async def _drop_long_line(self, deadline: float) -> None:
         dropped = 0
         while True:
             lf = self._buf.find(b"\n")
@@ -396,18 +494,9 @@ class Connection:
             dropped += len(self._buf)
             self._buf.clear()
             if dropped > MAX_DISCARDED_LINE:
-                await self._send(replies.LINE_TOO_LONG)
+                self.queue(replies.LINE_TOO_LONG)
                 raise Closed
-            await self._fill()
-
-    async def _send(self, reply: Reply | bytes) -> None:
-        data = reply.wire() if isinstance(reply, Reply) else reply
-        self.writer.write(data)
-        try:
-            async with asyncio.timeout(self.limits.timeout):
-                await self.writer.drain()
-        except TimeoutError:
-            raise Closed from None
+            await self._fill(deadline)
 
     async def _reply(self, reply: Reply, stage: str = "") -> None:
         """Send ``reply``; a refusal counts against the error limit."""
@@ -416,8 +505,8 @@ class Connection:
                 self.handler.on_refusal(self.session, stage, reply)
             self.errors += 1
             if self.errors >= self.limits.max_errors and reply.code != 421:
-                await self._send(reply)
-                await self._send(replies.TOO_MANY_ERRORS)
+                self.queue(reply)
+                self.queue(replies.TOO_MANY_ERRORS)
                 raise Closed
         await self._send(reply)
         if reply.code == 421:
@@ -427,20 +516,19 @@ class Connection:
 
     async def run(self) -> None:
         if self.listener.implicit_tls:
-            ssl_object = self.writer.get_extra_info("ssl_object")
-            if ssl_object is None:
-                raise Closed
-            await self._tls_established(ssl_object)
+            assert self.listener.tls_context is not None
+            await self._handshake(self.listener.tls_context)
         await self._send(replies.greeting(self.listener.hostname))
         while True:
-            line = await self._read_line()
-            if line is None:
+            # Read up to the AUTH limit; other commands are held to MAX_COMMAND_LINE below.
+            line = await self._read_line(MAX_AUTH_LINE)
+            if line is None or (len(line) > MAX_COMMAND_LINE and line[:5].upper() != b"AUTH "):
                 await self._reply(replies.LINE_TOO_LONG)
                 continue
             bad_ending = check_line_ending(line)
             if bad_ending is not None:
                 self.handler.on_refusal(self.session, "command", bad_ending)
-                await self._send(bad_ending)
+                self.queue(bad_ending)
                 raise Closed
             parsed = parse_command(line[:-2])
             if isinstance(parsed, Reply):
@@ -451,11 +539,14 @@ class Connection:
             except (Closed, ConnectionError, asyncio.CancelledError):
                 raise
             except Exception:
-                # A bug or an outage behind a hook: the client is told to retry, the session
-                # goes on (the transaction, if any, is abandoned).
+                # A bug or an outage behind a hook, outside DATA (which handles its own): the
+                # client is told to retry, the session goes on, the transaction is abandoned.
                 log.exception("session %s: %s failed", self.session.id, parsed.verb)
                 self.envelope = None
                 await self._reply(replies.STORE_UNAVAILABLE)
+            if self.listener.stopping and not self.busy:
+                self.queue(replies.SHUTTING_DOWN)
+                raise Closed
 
     async def _dispatch(self, command: Command) -> None:
         verb, argument = command.verb, command.argument
@@ -473,7 +564,7 @@ class Connection:
         elif verb == "NOOP":
             await self._reply(replies.OK)
         elif verb == "QUIT":
-            await self._send(replies.CLOSING)
+            self.queue(replies.CLOSING)
             raise Closed
         elif verb == "STARTTLS":
             await self._starttls(argument)
@@ -539,8 +630,7 @@ class Connection:
         try:
             params = parse_mail_params(path.parameters, utf8=True)
         except ParamError as exc:
-            await self._send(exc.reply().encode("ascii") + b"\r\n")
-            self.errors += 1
+            await self._reply(_param_reply(exc), "mail")
             return
         if params.size is not None and params.size > self.limits.max_message_size:
             await self._reply(replies.message_too_big(self.limits.max_message_size), "mail")
@@ -574,8 +664,7 @@ class Connection:
         try:
             params = parse_rcpt_params(path.parameters, utf8=self.envelope.smtputf8)
         except ParamError as exc:
-            await self._send(exc.reply().encode("ascii") + b"\r\n")
-            self.errors += 1
+            await self._reply(_param_reply(exc), "rcpt")
             return
         outcome = await self.handler.on_rcpt(self.session, self.envelope, path.address, params)
         if isinstance(outcome, Reply):
@@ -604,16 +693,24 @@ class Connection:
         await self._send(replies.START_DATA)
         self.busy = True
         try:
-            message, problem, message_size = await self._receive(limit, trace)
+            try:
+                message, problem, message_size = await self._receive(limit, trace)
+            except (Closed, ConnectionError, asyncio.CancelledError):
+                raise
+            except Exception:
+                # Mid-stream (a full disk...): what the client sends next is message text, not
+                # commands. Hang up rather than read it as commands.
+                log.exception("session %s: receiving message %s failed", self.session.id, queue_id)
+                self.queue(replies.SESSION_FAILED)
+                raise Closed from None
             if problem is not DataProblem.NONE:
                 if problem is DataProblem.TOO_BIG:
-                    reply = self.handler.too_big(envelope, message_size)
-                    await self._reply(reply, "data")
+                    await self._reply(self.handler.too_big(envelope, message_size), "data")
                     return
                 # Bare LF/CR: refuse and hang up, so nothing after it is read as commands.
                 reply = data_refusal(problem, limit)
                 self.handler.on_refusal(self.session, "data", reply)
-                await self._send(reply)
+                self.queue(reply)
                 raise Closed
             assert message is not None
             reply = await self.handler.on_message(self.session, envelope, message, queue_id)
@@ -647,9 +744,11 @@ class Connection:
                             in_memory += len(content)
                     if reader.done:
                         break
-                    if reader.problem is not DataProblem.NONE and sink is not None:
-                        sink.abort()
-                        sink = None
+                    if reader.problem is not DataProblem.NONE:
+                        parts.clear()
+                        if sink is not None:
+                            sink.abort()
+                            sink = None
                 await self._fill()
             if reader.problem is not DataProblem.NONE:
                 return None, reader.problem, reader.size
@@ -665,6 +764,9 @@ class Connection:
 
     # -- TLS --------------------------------------------------------------------------------------
 
+    def _plaintext_pending(self) -> bool:
+        return bool(self._buf) or bool(getattr(self.reader, "_buffer", b""))
+
     async def _starttls(self, argument: str) -> None:
         context = self.listener.tls_context
         if argument:
@@ -676,30 +778,46 @@ class Connection:
         if self.session.tls:
             await self._reply(replies.TLS_ALREADY_ACTIVE, "starttls")
             return
-        pending = getattr(self.reader, "_buffer", b"")
-        if self._buf or pending:
+        # Everything we owe the client goes out first (this may wait for a client that does
+        # not read); only then is the buffer checked.
+        await self._flush()
+        if self._plaintext_pending():
             # Commands sent in clear after STARTTLS would otherwise run as if they had been
             # sent over TLS (CVE-2011-0411).
             self.handler.on_refusal(self.session, "starttls", replies.PIPELINING_VIOLATION)
-            await self._send(replies.PIPELINING_VIOLATION)
+            self.queue(replies.PIPELINING_VIOLATION)
             raise Closed
-        await self._send(replies.READY_FOR_TLS)
+        # From the check above to start_tls pausing the socket there is no suspension point
+        # (drain() inside start_tls does not suspend: a 30-octet reply after a flush cannot
+        # reach the high-water mark), so no plaintext can slip in and be read as TLS data.
+        self.queue(replies.READY_FOR_TLS)
+        self.write_pending()
+        # RFC 3207 §4.2: forget everything learnt before TLS; the client starts with EHLO again.
+        self.session.helo = None
+        self.session.esmtp = False
+        self.envelope = None
+        await self._handshake(context)
+
+    async def _handshake(self, context: ssl.SSLContext) -> None:
+        """TLS on the connection (after STARTTLS's 220, or at once on port 465), then the
+        handler's look at the peer. Any failure ends the session: never go on half set up."""
         try:
             async with asyncio.timeout(self.limits.timeout):
                 await self.writer.start_tls(context)
         except ssl.SSLError as exc:
             self.handler.on_tls_failure(self.session, exc)
             raise Closed from None
-        except (TimeoutError, ConnectionError, OSError):
+        except (TimeoutError, OSError):
             raise Closed from None
         ssl_object = self.writer.get_extra_info("ssl_object")
         if ssl_object is None:
             raise Closed
-        # RFC 3207 §4.2: forget everything learnt before TLS; the client starts with EHLO again.
-        self.session.helo = None
-        self.session.esmtp = False
-        self.envelope = None
-        await self._tls_established(ssl_object)
+        try:
+            await self._tls_established(ssl_object)
+        except Exception:
+            log.exception("session %s: TLS set-up failed", self.session.id)
+            self.queue(replies.TLS_SETUP_FAILED)
+            raise Closed from None
 
     async def _tls_established(self, ssl_object: ssl.SSLObject) -> None:
         cipher = ssl_object.cipher()
@@ -736,6 +854,10 @@ class Connection:
         if mechanism is None:
             await self._reply(replies.AUTH_MECHANISM_UNSUPPORTED, "auth")
             return
+        throttle = self.listener.auth_throttle
+        if throttle.blocked(self.session.peer_ip):
+            await self._reply(replies.AUTH_THROTTLED, "auth")
+            return
         initial: bytes | None = None
         if len(words) == 2:
             decoded = _b64(words[1])
@@ -752,14 +874,14 @@ class Connection:
             return
         if user is None:
             self.auth_failures += 1
+            throttle.failed(self.session.peer_ip)
             self.handler.on_refusal(self.session, "auth", replies.AUTH_FAILED)
             # A delay after each failure slows password guessing without tying up much.
+            await self._flush()
             await asyncio.sleep(self.limits.auth_failure_delay)
             if self.auth_failures >= self.limits.max_auth_failures:
-                await self._send(replies.AUTH_FAILED)
-                await self._send(
-                    Reply(421, "4.7.0", "Too many authentication failures / trop d'echecs")
-                )
+                self.queue(replies.AUTH_FAILED)
+                self.queue(replies.TOO_MANY_AUTH_FAILURES)
                 raise Closed
             await self._reply(replies.AUTH_FAILED)
             return
@@ -768,12 +890,16 @@ class Connection:
         await self._send(replies.AUTH_SUCCEEDED)
 
     async def _exchange(self, challenge: bytes) -> bytes | None:
-        await self._send(b"334 " + base64.b64encode(challenge) + b"\r\n")
+        self.queue(b"334 " + base64.b64encode(challenge) + b"\r\n")
         line = await self._read_line(MAX_AUTH_LINE)
         if line is None:
             await self._reply(replies.AUTH_LINE_TOO_LONG, "auth")
             raise AuthCancelled
-        text = line.rstrip(b"\r\n")
+        bad_ending = check_line_ending(line)
+        if bad_ending is not None:
+            self.queue(bad_ending)
+            raise Closed
+        text = line[:-2]
         if text == b"*":
             await self._reply(replies.AUTH_CANCELLED)
             raise AuthCancelled
@@ -782,6 +908,10 @@ class Connection:
             await self._reply(Reply(501, "5.5.2", "Cannot decode response"), "auth")
             raise AuthCancelled
         return decoded
+
+
+def _param_reply(exc: ParamError) -> Reply:
+    return Reply(exc.code, exc.enhanced, printable(exc.reason, 400))
 
 
 def _b64(text: str) -> bytes | None:

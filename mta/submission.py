@@ -19,13 +19,20 @@ import ssl
 from collections.abc import Mapping
 
 from mta import policy, replies
-from mta.delivery import Receiver
+from mta.delivery import Receiver, mask_text
 from mta.dsn_params import MailParams, RcptParams
 from mta.headers import from_addresses
 from mta.mx import HostedDomains
 from mta.policy import RouteKind, WhitelistView
 from mta.replies import Reply
-from mta.smtpd import AcceptedRecipient, Envelope, Message, SaslMechanism, Session
+from mta.smtpd import (
+    AcceptedRecipient,
+    AuthUnavailable,
+    Envelope,
+    Message,
+    SaslMechanism,
+    Session,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +56,37 @@ class SubmissionHandler:
         self.mechanisms = mechanisms
         self.limit = max_message_size
         self.domains = HostedDomains(receiver.store)
+        self._rights: dict[str, list[str]] = {}
 
     async def check_password(self, login: str, password: str) -> str | None:
         """The SASL PLAIN/LOGIN check: the login is the BAL address."""
         address = policy.parse_address(login.strip())
-        if isinstance(address, Reply):
-            # Still pay for a hash: a malformed login must not answer faster than a wrong one.
-            await self.store.verify_password("", password)
-            return None
-        if await self.store.verify_password(address.lowered, password):
-            return address.lowered
+        try:
+            if isinstance(address, Reply):
+                # Still pay for a hash: a malformed login must not answer faster than a wrong one.
+                await self.store.verify_password("", password)
+                return None
+            if await self.store.verify_password(address.lowered, password):
+                return address.lowered
+        except Exception as exc:
+            raise AuthUnavailable(type(exc).__name__) from exc
         return None
 
     async def _may_send_as(self, user: str) -> list[str]:
         delegations = await self.store.list_delegations(delegate=user)
         return [d.bal for d in delegations if d.can_send]
+
+    async def _send_rights(self, session: Session, *, fresh: bool) -> list[str]:
+        """The BALs the user may send as; looked up at MAIL, reused for the transaction's
+        From: check."""
+        rights = self._rights.get(session.id) if not fresh else None
+        if rights is None:
+            assert session.user is not None
+            rights = await self._may_send_as(session.user)
+            self._rights[session.id] = rights
+            if len(self._rights) > 10_000:  # sessions that ended: forget the oldest
+                del self._rights[next(iter(self._rights))]
+        return rights
 
     async def on_tls(self, session: Session, ssl_object: ssl.SSLObject) -> None:
         return None
@@ -71,13 +94,18 @@ class SubmissionHandler:
     async def on_mail(self, session: Session, address: str, params: MailParams) -> Reply:
         assert session.user is not None
         refusal = policy.sender_allowed(
-            session.user, address, None, await self._may_send_as(session.user)
+            session.user, address, None, await self._send_rights(session, fresh=True)
         )
         return refusal or replies.SENDER_OK
 
     async def on_rcpt(
         self, session: Session, envelope: Envelope, address: str, params: RcptParams
     ) -> Reply | AcceptedRecipient:
+        if address.lower() == "postmaster":
+            postmaster = await self.domains.postmaster()
+            if postmaster is None:
+                return replies.UNKNOWN_MAILBOX
+            return AcceptedRecipient(postmaster, params, RouteKind.LOCAL)
         parsed = policy.parse_address(address)
         hosted = await self.domains.names()
         status = None
@@ -116,7 +144,7 @@ class SubmissionHandler:
             session.user,
             envelope.mail_from,
             from_addresses(fields),
-            await self._may_send_as(session.user),
+            await self._send_rights(session, fresh=False),
         )
         if refusal is None:
             refusal = policy.check_message_size(
@@ -159,7 +187,7 @@ class SubmissionHandler:
             bal=session.user,
             source=session.peer_ip,
             result="refused",
-            detail={"session": session.id, "stage": stage, "reply": str(reply)[:200]},
+            detail={"session": session.id, "stage": stage, "reply": mask_text(str(reply))[:200]},
         )
 
     def on_tls_failure(self, session: Session, error: ssl.SSLError) -> None:

@@ -238,9 +238,10 @@ async def test_too_many_recipients(mta: Mta) -> None:
 
 
 async def test_connections_per_ip_are_limited(mta: Mta) -> None:
-    from mta.smtpd import Limits
+    from mta.smtpd import ConnectionBudget, Limits
 
     mta.mx.limits = Limits(max_connections_per_ip=2, timeout=10)
+    mta.mx.budget = ConnectionBudget(mta.mx.limits)
     first, second = RawClient(mta.mx_port), RawClient(mta.mx_port)
     try:
         assert (await in_thread(first.reply)).startswith(b"220 ")
