@@ -158,7 +158,7 @@ class QueueSection:
     port: int = 25
     connect_timeout: int = 30
     command_timeout: int = 300
-    max_connections_per_domain: int = 20
+    max_connections_per_domain: int = 10
     # Seconds a claimed entry stays reserved for the process delivering it (renewed while it
     # works): after a crash, its entries are retried by any process within this delay.
     claim_lease: int = 120

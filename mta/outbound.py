@@ -13,11 +13,15 @@ recipient domains' servers, then retries, bounces or completes each entry:
    A refused peer gets QUIT before MAIL: nothing is handed over.
 3. MAIL FROM with SIZE, BODY=8BITMIME, SMTPUTF8 when useful and offered, RET/ENVID when the peer
    offers DSN; RCPT TO with NOTIFY/ORCPT relayed (RFC 3461 §5.2); DATA streamed from the blob.
-4. Each recipient ends delivered (2xx), retried (4xx, connection problems) or failed (5xx, peer
-   refused by our checks). A target that fails before MAIL (connection, greeting, EHLO,
-   STARTTLS, or our refusal of its certificate) hands over to the next one, as Postfix does; a
-   failure after MAIL does not. When every target failed, the domain is retried if one of them
-   failed for now (it may be back at the next attempt), else the refusal is final.
+4. Each recipient ends delivered (2xx to the final dot only), retried (4xx, connection
+   problems, a malformed or unexpected reply, any exception a broken or hostile peer makes our
+   code raise) or failed (5xx, peer refused by our checks). A target that fails before MAIL
+   (connection, greeting, EHLO, STARTTLS, or our refusal of its certificate) hands over to the
+   next one, as Postfix does; a failure after MAIL does not. When every target failed, the
+   domain is retried if one of them failed for now (it may be back at the next attempt), else
+   the refusal is final.
+   A domain at its connection limit is not waited for (that would hold a worker and the
+   claim): its recipients go back to the queue, due again after :data:`BUSY_RETRY`.
 5. Delivered and failed recipients leave the entry; the others stay, retried at
    :meth:`mta.schedule.RetryPolicy.next_attempt` until the lifetime ends (then failed with
    :data:`mta.schedule.EXPIRED_STATUS`).
@@ -42,7 +46,7 @@ import re
 import secrets
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
@@ -57,6 +61,7 @@ from mta.dsn_params import (
     OriginalRecipient,
     ParamError,
     Ret,
+    format_envid,
     parse_envid,
     parse_notify,
     parse_orcpt,
@@ -74,6 +79,7 @@ from mta.schedule import (
     TransportProblem,
     classify_reply,
     peer_refusal,
+    redact,
     transport_failure,
 )
 from pki.tls import peer_certificate, verdict_from_handshake_error
@@ -96,6 +102,11 @@ and their entries put back in the queue."""
 HEADER_READ: Final = 256 * 1024
 """Octets of the message read for a report that returns headers only."""
 DNS_LIFETIME: Final = 30.0
+BUSY_RETRY: Final = timedelta(seconds=5)
+"""When an entry whose recipient domain had no free connection slot is due again. The runner
+never holds a worker (and its claim) waiting for a slot: one slow domain would take them all."""
+BUSY_STATUS: Final = "4.4.5"
+"""RFC 3463 X.4.5 "Mail system congestion": our own per-domain (or global) connection cap."""
 
 _ENHANCED: Final = re.compile(r"([245]\.\d{1,3}\.\d{1,3})(?:\s+|\Z)")
 _LINE_ENDINGS: Final = re.compile(rb"\r\n|\n|\r(?!\n)")
@@ -180,6 +191,7 @@ class _Outcome:
     peer: str | None = None
     remote_mta: str | None = None
     relayed: bool = False  # accepted by a peer that does not offer DSN
+    busy: bool = False  # not tried: no connection slot for the domain (not a real attempt)
 
 
 @dataclass(slots=True)
@@ -193,6 +205,7 @@ class _Session:
     peer_dn: str | None = None
     tls: str | None = None
     refused: bool = False  # by our checks (STARTTLS, certificate, whitelist), not by the peer
+    mail_sent: bool = False  # MAIL went out: a failure now is no longer the target's as a whole
 
     @property
     def peer(self) -> str:
@@ -219,6 +232,17 @@ def _split_reply(message: str) -> tuple[str | None, str]:
     if m is None:
         return None, message
     return m.group(1), message[m.end() :]
+
+
+def _reply_waiting(protocol: Any) -> bool:
+    """Whether aiosmtplib's protocol holds a complete reply not read yet (private API)."""
+    waiter = getattr(protocol, "_response_waiter", None)
+    return (
+        waiter is not None
+        and waiter.done()
+        and not waiter.cancelled()
+        and waiter.exception() is None
+    )
 
 
 def _reply_decision(response: SMTPResponse) -> Decision:
@@ -296,7 +320,6 @@ class QueueRunner:
         # Entries this runner is delivering, by task: their claims are renewed while they run.
         self._claimed: dict[asyncio.Task[None], int] = {}
         self._heartbeat: asyncio.Task[None] | None = None
-        self._slots = asyncio.Condition()
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -356,7 +379,8 @@ class QueueRunner:
                         self.worker, limit=free, lease=self.lease
                     )
                 except Exception as exc:  # the store is down: try again at the next poll
-                    log.error("queue runner: cannot claim entries: %s", exc)
+                    # The type only: a store error's text may hold addresses (INS).
+                    log.error("queue runner: cannot claim entries: %s", type(exc).__name__)
                     entries = []
                 claimed = len(entries)
                 for entry in entries:
@@ -380,9 +404,29 @@ class QueueRunner:
             if not ids:
                 continue
             try:
-                await self.store.renew_queue_claims(self.worker, ids, self.lease)
+                renewed = await self.store.renew_queue_claims(self.worker, ids, self.lease)
             except Exception as exc:  # the store is down: the next beat tries again
-                log.error("queue runner: cannot renew claims: %s", exc)
+                log.error("queue runner: cannot renew claims: %s", type(exc).__name__)
+                continue
+            if renewed < len(ids):
+                await self._drop_lost_claims()
+
+    async def _drop_lost_claims(self) -> None:
+        """Some claims were not renewed: their lease ran out (the store was unreachable longer
+        than it) and another runner may deliver those entries now. Cancel our delivery of each
+        of them, before MAIL/DATA if it is not that far yet; its outcome would not be recorded
+        anyway (the finish calls check ``claimed_by``). A task that is recording its outcome
+        left :attr:`_claimed` already and is never cancelled here."""
+        for task, entry_id in list(self._claimed.items()):
+            try:  # one at a time: which claim is still ours (renewing it again is harmless)
+                held = await self.store.renew_queue_claims(self.worker, [entry_id], self.lease)
+            except Exception as exc:  # the store is down again: the next beat tries again
+                log.error("queue runner: cannot renew claims: %s", type(exc).__name__)
+                return
+            if not held and self._claimed.get(task) == entry_id:
+                log.warning("queue entry %s: claim lost, delivery cancelled", entry_id)
+                self._claimed.pop(task, None)
+                task.cancel()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
@@ -406,19 +450,69 @@ class QueueRunner:
                 for r in entry.recipients:
                     by_domain.setdefault(_domain_of(r.address), []).append(r)
                 for domain, recipients in by_domain.items():
-                    async with self._slot(domain):
+                    # Never wait for a slot: the worker and the claim would be held by a slow
+                    # domain. Its recipients go back to the queue, due shortly.
+                    if not self.limits.try_acquire(domain):
+                        busy = Decision(
+                            Outcome.RETRY,
+                            BUSY_STATUS,
+                            printable(f"connection limit reached for {domain}, will retry", 400),
+                        )
+                        for r in recipients:
+                            outcomes[r.address] = _Outcome(busy, busy=True)
+                        continue
+                    try:
                         outcomes.update(
                             await self._deliver_domain(entry, domain, recipients, message)
                         )
+                    finally:
+                        self.limits.release(domain)
             await self._settle(entry, outcomes)
         except asyncio.CancelledError:
             await self._put_back(entry, outcomes, "interrupted: the queue runner stopped", _now())
             raise
-        except Exception:
-            log.exception("queue entry %s: delivery attempt failed", entry.id)
-            # Not due at once: a fault that repeats must not spin.
-            retry_at = _now() + self.policy.minimal_backoff
-            await self._put_back(entry, outcomes, "internal error in the queue runner", retry_at)
+        except Exception as exc:
+            # The type only: an exception's text may hold addresses (INS).
+            log.error("queue entry %s: delivery attempt failed: %s", entry.id, type(exc).__name__)
+            await self._internal_error(entry, outcomes)
+
+    async def _internal_error(self, entry: QueueEntry, outcomes: dict[str, _Outcome]) -> None:
+        """A fault of ours interrupted the attempt: the recipients not settled yet are retried
+        on the policy's schedule like any transient failure, so the entry still expires (and
+        its sender gets the DSN) at the end of its lifetime; it never spins nor stays forever."""
+        decision = Decision(Outcome.RETRY, "4.3.0", "internal error in the queue runner")
+        full = {r.address: outcomes.get(r.address) or _Outcome(decision) for r in entry.recipients}
+        try:
+            await self._settle(entry, full)
+            return
+        except Exception as exc:
+            log.error("queue entry %s: cannot settle: %s", entry.id, type(exc).__name__)
+        now = _now()
+        retry_at = self.policy.next_attempt(
+            entry.created_at,
+            entry.attempts + 1,
+            now,
+            null_sender=entry.mail_from == "",
+            key=entry.id,
+        )
+        if retry_at is not None:
+            await self._put_back(entry, outcomes, decision.diagnostic, retry_at)
+            return
+        # The lifetime is over and even the report cannot be built: give up without one.
+        remaining = [
+            r
+            for r in entry.recipients
+            if not (r.address in outcomes and outcomes[r.address].decision is None)
+        ]
+        try:
+            await self.store.fail_queue_entry(
+                entry.id,
+                self.worker,
+                decision.expired().diagnostic,
+                recipients=remaining or None,
+            )
+        except Exception as exc:
+            log.error("queue entry %s: cannot fail it: %s", entry.id, type(exc).__name__)
 
     async def _put_back(
         self, entry: QueueEntry, outcomes: dict[str, _Outcome], why: str, retry_at: datetime
@@ -450,18 +544,6 @@ class QueueRunner:
             utf8=not all(a.isascii() for a in addresses),
         )
 
-    @contextlib.asynccontextmanager
-    async def _slot(self, domain: str) -> AsyncIterator[None]:
-        """A connection slot for ``domain`` within the global and per-domain limits."""
-        async with self._slots:
-            await self._slots.wait_for(lambda: self.limits.try_acquire(domain))
-        try:
-            yield
-        finally:
-            self.limits.release(domain)
-            async with self._slots:
-                self._slots.notify_all()
-
     # -- one domain -------------------------------------------------------------------------------
 
     async def _deliver_domain(
@@ -484,6 +566,10 @@ class QueueRunner:
                 found = transport_failure(TransportProblem.DNS_TEMPORARY, domain, str(exc))
             except ValueError as exc:  # a malformed MX record: the publisher's to fix
                 found = transport_failure(TransportProblem.DNS_TEMPORARY, domain, str(exc))
+            except Exception as exc:  # a resolver fault: for now, like any DNS trouble
+                found = transport_failure(
+                    TransportProblem.DNS_TEMPORARY, domain, type(exc).__name__
+                )
             if isinstance(found, Decision):
                 await self._audit_failure(entry, domain, recipients, found)
                 return everyone(found)
@@ -528,6 +614,28 @@ class QueueRunner:
             session.failure = await self._open(smtp, session)
             if session.failure is None:
                 await self._transaction(smtp, session, entry, domain, recipients, message)
+        except Exception as exc:
+            # Whatever a broken or hostile peer makes any code of ours raise, this target
+            # failed for now: the next one is tried, the entry keeps its schedule. Fail closed
+            # still: nothing went out unless _open() returned None (STARTTLS, verified, listed).
+            log.error(
+                "queue entry %s: session with %s failed: %s",
+                entry.id,
+                session.peer,
+                type(exc).__name__,
+            )
+            decision = transport_failure(
+                TransportProblem.PROTOCOL_ERROR, session.peer, f"unexpected {type(exc).__name__}"
+            )
+            if session.failure is None and session.mail_sent:
+                for r in recipients:
+                    if r.address not in session.outcomes:
+                        session.outcomes[r.address] = _Outcome(
+                            decision, session.peer, session.remote_mta
+                        )
+            else:
+                session.failure = decision
+                session.refused = False
         finally:
             smtp.close()
         return session
@@ -539,10 +647,16 @@ class QueueRunner:
             await smtp.connect(timeout=self.connect_timeout)
         except aiosmtplib.SMTPConnectTimeoutError:
             return transport_failure(TransportProblem.CONNECTION_TIMEOUT, peer)
-        except aiosmtplib.SMTPConnectResponseError as exc:  # a 4xx/5xx greeting
+        except aiosmtplib.SMTPConnectResponseError as exc:  # a 4xx/5xx (or absurd) greeting
             return classify_reply(exc.code, *_split_reply(exc.message))
+        except aiosmtplib.SMTPResponseException as exc:  # not SMTP at all (code -1)
+            return transport_failure(
+                TransportProblem.PROTOCOL_ERROR, peer, _detail(f"invalid greeting: {exc.message}")
+            )
         except (aiosmtplib.SMTPConnectError, OSError) as exc:
             return _connect_failure(exc, peer)
+        except aiosmtplib.SMTPException as exc:  # disconnected before the greeting
+            return transport_failure(TransportProblem.CONNECTION_LOST, peer, type(exc).__name__)
         try:
             try:
                 await smtp.ehlo(timeout=self.command_timeout)
@@ -562,10 +676,10 @@ class QueueRunner:
                 assert verdict is not None
                 return session.refuse(verdict.reason)
             except ssl.SSLError as exc:
-                detail = printable(exc.reason or type(exc).__name__, 120)
+                detail = _detail(exc.reason or type(exc).__name__)
                 return transport_failure(TransportProblem.TLS_HANDSHAKE_FAILED, peer, detail)
             except aiosmtplib.SMTPResponseException as exc:
-                detail = printable(f"{exc.code} {exc.message}", 200)
+                detail = _detail(f"{exc.code} {exc.message}", 200)
                 return transport_failure(TransportProblem.STARTTLS_REFUSED, peer, detail)
             ssl_object = smtp.get_transport_info("ssl_object")
             session.tls = ssl_object.version() if ssl_object is not None else None
@@ -581,7 +695,7 @@ class QueueRunner:
         except (aiosmtplib.SMTPTimeoutError, TimeoutError):
             return transport_failure(TransportProblem.CONNECTION_TIMEOUT, peer)
         except (aiosmtplib.SMTPException, ConnectionError, OSError) as exc:
-            detail = printable(str(exc) or type(exc).__name__, 120)
+            detail = _detail(str(exc) or type(exc).__name__)
             return transport_failure(TransportProblem.CONNECTION_LOST, peer, detail)
 
     async def _check_peer(self, ssl_object: Any, session: _Session) -> Decision | None:
@@ -664,10 +778,12 @@ class QueueRunner:
             mail_params.append("SMTPUTF8")
         if dsn and entry.ret:
             mail_params.append(f"RET={entry.ret}")
-        if dsn and entry.envid:
-            mail_params.append(f"ENVID={entry.envid}")
+        envid = _wire_envid(entry.envid)
+        if dsn and envid:
+            mail_params.append(f"ENVID={envid}")
         accepted: list[Recipient] = []
         try:
+            session.mail_sent = True
             response = await smtp.execute_command(
                 b"MAIL",
                 b"FROM:<" + entry.mail_from.encode(encoding) + b">",
@@ -705,11 +821,14 @@ class QueueRunner:
             if not accepted:
                 await self._quit(smtp)
                 return
-            response = await self._data(smtp, entry)
-            if 200 <= response.code < 300:
+            response, complete = await self._data(smtp, entry)
+            if complete and 200 <= response.code < 300:
+                # Only the reply to the final dot delivers.
                 for r in accepted:
                     outcomes[r.address] = _Outcome(None, peer, remote, relayed=not dsn)
             else:
+                # A refusal, or a reply that came early (to DATA instead of 354, or during the
+                # stream): a positive one is a protocol error (4.5.0 "unexpected reply").
                 decide(_reply_decision(response), accepted)
         except (aiosmtplib.SMTPTimeoutError, TimeoutError):
             pending = [r for r in recipients if r.address not in outcomes]
@@ -717,30 +836,47 @@ class QueueRunner:
             return
         except (aiosmtplib.SMTPException, ConnectionError, OSError, ValueError) as exc:
             pending = [r for r in recipients if r.address not in outcomes]
-            detail = printable(str(exc) or type(exc).__name__, 120)
+            detail = _detail(str(exc) or type(exc).__name__)
             decide(transport_failure(TransportProblem.CONNECTION_LOST, peer, detail), pending)
             return
         await self._quit(smtp)
 
-    async def _data(self, smtp: aiosmtplib.SMTP, entry: QueueEntry) -> SMTPResponse:
+    async def _data(self, smtp: aiosmtplib.SMTP, entry: QueueEntry) -> tuple[SMTPResponse, bool]:
         """DATA with the blob streamed in chunks (aiosmtplib's ``data()`` wants the whole
-        message in memory, and copies it twice more for line endings and dot-stuffing)."""
+        message in memory, and copies it twice more for line endings and dot-stuffing).
+
+        Returns the reply and whether it answers the final dot (True) or came before it: to
+        DATA itself instead of 354, or while the message was streamed (a peer refusing
+        mid-stream, e.g. 552 then closing). Only a reply to the final dot can deliver."""
         response = await smtp.execute_command(b"DATA")
         if response.code != 354:
-            return response
+            return response, False
         protocol = smtp.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("connection lost")
+        # aiosmtplib (pinned >=5.1,<6 for these private names) drops what arrives while no
+        # reply is awaited: a reply sent during the stream would go unheard and the message be
+        # retried for days as "connection lost". Awaiting one from now on keeps it.
+        protocol._response_pending = True
         stuffer = DotStuffer()
-        async for chunk in self.store.blobs.stream(entry.blob):
-            data = stuffer.feed(chunk)
-            if data:
-                protocol.write(data)
-                # Flow control: wait while the socket's buffer is full.
-                await asyncio.wait_for(protocol._drain_helper(), self.command_timeout)
-        protocol.write(stuffer.end())
-        # No await between the write and this call: the reply cannot arrive unheard.
-        return await protocol.read_response(timeout=self.command_timeout)
+        try:
+            async for chunk in self.store.blobs.stream(entry.blob):
+                if _reply_waiting(protocol):  # the peer answered early: stop sending
+                    return await protocol.read_response(timeout=self.command_timeout), False
+                data = stuffer.feed(chunk)
+                if data:
+                    protocol.write(data)
+                    # Flow control: wait while the socket's buffer is full.
+                    await asyncio.wait_for(protocol._drain_helper(), self.command_timeout)
+            if _reply_waiting(protocol):
+                return await protocol.read_response(timeout=self.command_timeout), False
+            protocol.write(stuffer.end())
+        except (aiosmtplib.SMTPServerDisconnected, ConnectionError, OSError):
+            # The peer closed or reset; if it said why first, its reply counts.
+            if _reply_waiting(protocol):
+                return await protocol.read_response(timeout=self.command_timeout), False
+            raise
+        return await protocol.read_response(timeout=self.command_timeout), True
 
     async def _quit(self, smtp: aiosmtplib.SMTP) -> None:
         with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
@@ -770,6 +906,10 @@ class QueueRunner:
             if retry_at is None:  # the lifetime is over
                 failed += [(r, o, d.expired()) for r, o, d in retry]
                 retry = []
+            elif any(o.busy for _, o, _ in retry):
+                # A domain had no free connection slot: its recipients were not tried; they
+                # are due again shortly (the store still counts the attempt).
+                retry_at = min(retry_at, now + BUSY_RETRY)
         warn = bool(retry) and self.policy.delay_warning_due(
             entry.created_at, now, entry.delay_warned
         )
@@ -790,13 +930,21 @@ class QueueRunner:
                         self._report(r, o, Action.DELAYED, d.status, d.diagnostic, now, until)
                     )
 
+        # The outcome is being recorded: the heartbeat no longer renews (nor cancels) this.
+        current = asyncio.current_task()
+        if current is not None:
+            self._claimed.pop(current, None)
         if retry:
             assert retry_at is not None
             kept = [r for r, _, _ in retry]
+            # The last error stays a real one when there is one (not "connection limit").
+            last_error = next(
+                (d.diagnostic for _, o, d in retry if not o.busy), retry[0][2].diagnostic
+            )
             ok = await self.store.defer_queue_entry(
                 entry.id,
                 self.worker,
-                retry[0][2].diagnostic,
+                last_error,
                 retry_at,
                 recipients=kept if len(kept) != len(entry.recipients) else None,
                 delay_warned=True if warn else None,
@@ -854,10 +1002,17 @@ class QueueRunner:
         self, entry: QueueEntry, recipients: list[RecipientReport], now: datetime
     ) -> None:
         ret = Ret(entry.ret) if entry.ret in ("FULL", "HDRS") else None
+        # RFC 3464 §2.2.1: "original-envelope-id-field = "Original-Envelope-Id" ":" envelope-id"
+        # with "envelope-id = *text", case and spelling preserved. xtext is only the ENVID
+        # parameter's SMTP transfer form (RFC 3461 §4, §4.4: "+" and "=" cannot appear raw in
+        # an ESMTP parameter value); the DSN is a message, not an SMTP command, so it carries
+        # the identifier the sender chose, decoded once here from the stored wire form (as
+        # Postfix and Sendmail do: "Original-Envelope-Id: abc+def= x" for ENVID=abc+2Bdef+3D+20x).
         envid: str | None = None
-        if entry.envid:
+        wire = _wire_envid(entry.envid)
+        if wire:
             with contextlib.suppress(ParamError):
-                envid = parse_envid(entry.envid)
+                envid = parse_envid(wire)
         try:
             if ret is Ret.FULL and entry.size <= DEFAULT_MAX_RETURNED_SIZE:
                 original = await self.store.blobs.read(entry.blob)
@@ -883,7 +1038,7 @@ class QueueRunner:
                 "queue entry %s: report to %s not sent: %s",
                 entry.id,
                 mask(entry.mail_from),
-                exc,
+                type(exc).__name__,
             )
 
     # -- audit ------------------------------------------------------------------------------------
@@ -961,7 +1116,7 @@ class QueueRunner:
                 detail=detail,
             )
         except Exception as exc:  # a failing audit write must not lose the delivery outcome
-            log.error("queue entry %s: audit record not written: %s", entry.id, exc)
+            log.error("queue entry %s: audit record not written: %s", entry.id, type(exc).__name__)
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -999,8 +1154,32 @@ def _connect_failure(exc: BaseException, peer: str) -> Decision:
         return transport_failure(TransportProblem.CONNECTION_TIMEOUT, peer)
     if isinstance(cause, aiosmtplib.SMTPServerDisconnected):
         return transport_failure(TransportProblem.CONNECTION_LOST, peer)
-    detail = printable(str(cause) or type(cause).__name__, 120)
+    detail = _detail(str(cause) or type(cause).__name__)
     return transport_failure(TransportProblem.CONNECTION_REFUSED, peer, detail)
+
+
+def _detail(text: str, limit: int = 120) -> str:
+    """A peer's or an exception's text for a diagnostic: :func:`mta.schedule.redact` first,
+    then cut (cutting first could leave a piece of an INS the masks no longer recognise)."""
+    return printable(redact(text), limit)
+
+
+def _wire_envid(stored: str | None) -> str | None:
+    """The ENVID to relay. The queue holds its xtext wire form (RFC 3461 §4.4; mta.delivery
+    stores ``format_envid(decoded)``): relayed as is once checked to be xtext, so it can never
+    carry a space, hence never smuggle another MAIL parameter. A value that is not xtext (a row
+    written when the queue held the decoded form) is encoded; one that cannot be is dropped."""
+    if not stored:
+        return None
+    try:
+        parse_envid(stored)
+        return stored
+    except ParamError:
+        pass
+    try:
+        return format_envid(stored)
+    except ParamError:
+        return None
 
 
 def _presented_chain(ssl_object: Any) -> list[x509.Certificate]:

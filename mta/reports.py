@@ -18,11 +18,11 @@ through :func:`mask` first.
 from __future__ import annotations
 
 import logging
-import re
 from typing import Final, Protocol
 
 from directory.whitelist import normalise_domain
 from mta.policy import WhitelistView
+from mta.schedule import redact
 from store import BalStatus, Store
 from store.errors import BalNotFound, DomainNotFound, InvalidInput
 from store.model import Recipient
@@ -32,15 +32,12 @@ log = logging.getLogger(__name__)
 AUDIT_ACTION: Final = "mta.report"
 ACTOR: Final = "mta"
 
-_PATIENT_ADDRESS: Final = re.compile(
-    r"[^\s<>;:,\"'()\[\]@]+@(patient\.mssante\.fr)\b", re.IGNORECASE
-)
-
 
 def mask(text: str) -> str:
     """``text`` with the local part (an INS) of every patient address replaced by ``***``
-    (the same rule as ``colombe queue``: no INS in logs or audit records)."""
-    return _PATIENT_ADDRESS.sub(lambda m: f"***@{m.group(1).lower()}", text)
+    (the same rule as ``colombe queue``: no INS in logs or audit records), and every INS-shaped
+    run of characters too (:func:`mta.schedule.redact`: peers echo a local part alone)."""
+    return redact(text)
 
 
 class Waker(Protocol):

@@ -39,6 +39,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -54,6 +55,24 @@ MAX_DIAGNOSTIC: Final = 400
 """Characters of a remote reply or a refusal reason kept in :attr:`Decision.diagnostic`."""
 
 _MAX_JITTER: Final = 0.5
+
+_PATIENT_ADDRESS: Final = re.compile(
+    r"[^\s<>;:,\"'()\[\]@]+@(patient\.mssante\.fr)\b", re.IGNORECASE
+)
+_INS_LIKE: Final = re.compile(
+    r"(?<![0-9A-Za-z])[0-9]{5}(?:[0-9]{2}|2[ABab])[0-9]{6,8}(?![0-9A-Za-z])"
+)
+"""A run of 13 to 15 characters shaped like an INS/NIR: digits, the department at positions 6-7
+possibly "2A"/"2B" (Corsica), with or without its 2-digit key. Peers echo a patient's local part
+alone ("146026322000196: unknown user"), so the address rule alone does not catch it."""
+
+
+def redact(text: str) -> str:
+    """``text`` (a peer's reply, an exception's text) without an INS: the local part of every
+    patient address becomes ``***``, and so does every INS-shaped run of characters. Apply it
+    *before* cutting the text (:func:`mta.replies.printable`), or a truncated address escapes."""
+    text = _PATIENT_ADDRESS.sub(lambda m: f"***@{m.group(1).lower()}", text)
+    return _INS_LIKE.sub("***", text)
 
 
 class ScheduleConfigError(ValueError):
@@ -231,12 +250,15 @@ def classify_reply(code: int, enhanced: str | None, text: str) -> Decision:
     """A negative reply of the peer to MAIL, RCPT, DATA or the end of data. 4xx: retry; 5xx:
     fail now. The peer's enhanced code is kept when its class agrees with the basic code,
     otherwise 4.0.0/5.0.0 (RFC 3463 "other undefined status"). A positive or 1xx/3xx reply where
-    a final one was due is a protocol error: retried (4.5.0), like Postfix ("unexpected reply")."""
-    if not 100 <= code <= 599:
-        raise ValueError(f"SMTP reply code {code} outside 100-599")
-    line = " ".join(p for p in (str(code), enhanced, text.replace("\n", " ")) if p)
+    a final one was due is a protocol error: retried (4.5.0), like Postfix ("unexpected reply"),
+    and so is a code outside 100-599 (a broken or hostile peer; aiosmtplib reports a malformed
+    reply line as -1): the function is total, it never raises.
+
+    The text is :func:`redact`-ed before it is cut to :data:`MAX_DIAGNOSTIC`: the diagnostic goes
+    to ``last_error``, the audit trail and the logs, which never hold an INS."""
+    line = redact(" ".join(p for p in (str(code), enhanced, text.replace("\n", " ")) if p))
     diagnostic = printable(line, MAX_DIAGNOSTIC)
-    if code < 400:
+    if not 100 <= code <= 599 or code < 400:
         return Decision(
             Outcome.RETRY, "4.5.0", printable(f"unexpected reply: {line}", MAX_DIAGNOSTIC)
         )
@@ -259,6 +281,7 @@ class TransportProblem(enum.StrEnum):
     """Failures below SMTP: all transient."""
 
     DNS_TEMPORARY = "dns-temporary"  # SERVFAIL, timeout
+    PROTOCOL_ERROR = "protocol-error"  # a malformed reply, anything unexpected from the peer
     DNS_NO_ADDRESS = "dns-no-address"  # the MX host has no A/AAAA (Postfix defers too)
     CONNECTION_REFUSED = "connection-refused"
     CONNECTION_TIMEOUT = "connection-timeout"
@@ -269,6 +292,7 @@ class TransportProblem(enum.StrEnum):
 
 _TRANSPORT: Final[dict[TransportProblem, tuple[str, str]]] = {
     TransportProblem.DNS_TEMPORARY: ("4.4.3", "temporary DNS failure looking up"),
+    TransportProblem.PROTOCOL_ERROR: ("4.5.0", "protocol error with"),
     TransportProblem.DNS_NO_ADDRESS: ("4.4.4", "no address found for"),
     TransportProblem.CONNECTION_REFUSED: ("4.4.1", "connection refused by"),
     TransportProblem.CONNECTION_TIMEOUT: ("4.4.1", "connection timed out to"),
@@ -279,10 +303,11 @@ _TRANSPORT: Final[dict[TransportProblem, tuple[str, str]]] = {
 
 
 def transport_failure(problem: TransportProblem, peer: str, detail: str = "") -> Decision:
-    """A connection, DNS or TLS-handshake problem with ``peer`` (host name or address): retry."""
+    """A connection, DNS or TLS-handshake problem with ``peer`` (host name or address): retry.
+    ``detail`` (often an exception's or a peer's text) is :func:`redact`-ed before the cut."""
     status, words = _TRANSPORT[problem]
     text = f"{words} {peer}" + (f": {detail}" if detail else "")
-    return Decision(Outcome.RETRY, status, printable(text, MAX_DIAGNOSTIC))
+    return Decision(Outcome.RETRY, status, printable(redact(text), MAX_DIAGNOSTIC))
 
 
 NO_STARTTLS: Final = "no-starttls"

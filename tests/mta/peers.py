@@ -5,8 +5,10 @@ was handed over (no MAIL) and that we said QUIT."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ class PeerHandler:
     DATA."""
 
     dsn: bool = True
+    rcpt_delay: float = 0.0  # seconds before answering each RCPT (a slow peer)
     rcpt_replies: dict[str, list[str]] = field(default_factory=dict)
     data_replies: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
@@ -63,6 +66,8 @@ class PeerHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        if self.rcpt_delay:
+            await asyncio.sleep(self.rcpt_delay)
         queued = self.rcpt_replies.get(address.lower())
         if queued:
             reply = queued.pop(0)
@@ -119,9 +124,70 @@ class RecordingSMTP(SMTP):
         await super().smtp_QUIT(arg)
 
 
+class DataAnswered250SMTP(RecordingSMTP):
+    """A broken peer: answers DATA itself with 250 instead of 354 (and never gets the body)."""
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._log("DATA")
+        await self.push("250 2.0.0 weird")
+
+
+class EarlyRejectSMTP(RecordingSMTP):
+    """A peer that refuses the message while it is being sent: 552 after the first 64 KiB,
+    then it closes the connection (as a size-checking MTA may)."""
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._log("DATA")
+        await self.push("354 go ahead")
+        await self._reader.read(65536)
+        await self.push("552 5.3.4 message too big for this server")
+        await asyncio.sleep(0.5)
+        assert self.transport is not None
+        self.transport.close()
+
+
 class PeerController(Controller):
+    smtp_class: type[RecordingSMTP] = RecordingSMTP
+
     def factory(self) -> SMTP:
-        return RecordingSMTP(self.handler, **self.SMTP_kwargs)
+        return self.smtp_class(self.handler, **self.SMTP_kwargs)
+
+
+class GarbageServer:
+    """A plain TCP "MX" that greets every connection with ``greeting`` (not SMTP, or an
+    impossible reply code) and closes. Use as a context manager; ``port`` is where it listens."""
+
+    def __init__(self, greeting: bytes) -> None:
+        self.greeting = greeting
+        self.connections = 0
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(5)
+        self.port: int = self._sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> GarbageServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sock.close()
+        self._thread.join(5)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                try:
+                    conn.sendall(self.greeting)
+                    conn.settimeout(2)
+                    conn.recv(1000)
+                except OSError:
+                    pass
 
 
 def peer_tls_context(pki: TestPki, cert: str, trust: Path) -> ssl.SSLContext:
@@ -145,9 +211,13 @@ def free_port() -> int:
 
 @contextmanager
 def running_peer(
-    handler: PeerHandler, tls_context: ssl.SSLContext | None, **smtp: Any
+    handler: PeerHandler,
+    tls_context: ssl.SSLContext | None,
+    smtp_class: type[RecordingSMTP] = RecordingSMTP,
+    **smtp: Any,
 ) -> Iterator[int]:
-    """Run a peer MX on 127.0.0.1; yields its port. ``tls_context`` None: no STARTTLS."""
+    """Run a peer MX on 127.0.0.1; yields its port. ``tls_context`` None: no STARTTLS.
+    ``smtp_class``: the server's SMTP session (a broken or hostile peer)."""
     port = free_port()
     controller = PeerController(
         handler,
@@ -158,6 +228,7 @@ def running_peer(
         require_starttls=tls_context is not None,
         **smtp,
     )
+    controller.smtp_class = smtp_class
     controller.start()
     try:
         yield port

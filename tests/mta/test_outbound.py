@@ -6,6 +6,7 @@ outcomes, the single delay warning, no bounce to the null sender, and claims."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,20 +17,29 @@ import pytest
 from sqlalchemy import update
 
 from directory.whitelist import Whitelist, parse_whitelist
-from mta.outbound import DotStuffer, QueueRunner
+from mta.dsn_params import format_envid
+from mta.outbound import BUSY_RETRY, DotStuffer, QueueRunner
 from mta.policy import PATIENT_DOMAIN
 from mta.reports import ReportSender
-from mta.routes import parse_routes
+from mta.routes import ConnectionLimits, parse_routes
 from mta.schedule import RetryPolicy
 from pki.crl import CrlCache
 from pki.testpki import TestPki
 from pki.tls import outbound_context
-from pki.verify import TrustStore, Verifier
+from pki.verify import TrustStore, Verdict, Verifier
 from store import BalStatus, Store
 from store.model import QueueStatus, Recipient
 from store.schema import outbound_queue
 from tests.directory import whitelist_gen as gen
-from tests.mta.peers import PeerHandler, free_port, peer_tls_context, running_peer
+from tests.mta.peers import (
+    DataAnswered250SMTP,
+    EarlyRejectSMTP,
+    GarbageServer,
+    PeerHandler,
+    free_port,
+    peer_tls_context,
+    running_peer,
+)
 
 AUDIT = "espacedeconfiance.mssante.fr"
 VALID = f"cert-valide-audit.{AUDIT}"
@@ -617,3 +627,280 @@ def test_dot_stuffing_and_line_endings_survive_any_chunking(size: int) -> None:
 
 def test_dot_stuffing_of_an_empty_message() -> None:
     assert DotStuffer().end() == b".\r\n"
+
+
+# -- broken and hostile peers (review findings) -------------------------------------------------
+
+INS = "146026322000196"
+
+
+@pytest.mark.parametrize(
+    "greeting", [b"999 hello\r\n", b"HTTP/1.1 400 Bad Request\r\n", b"-12 x\r\n", b"\x00\xff\r\n"]
+)
+async def test_garbage_greeting_on_the_primary_mx_hands_over_to_the_next_one(
+    env: Env, valid_peer: int, peer_handler: PeerHandler, greeting: bytes
+) -> None:
+    with GarbageServer(greeting) as bad:
+        runner = env.runner({VALID: f"127.0.0.1:{bad.port}, 127.0.0.1:{valid_peer}"})
+        entry = await env.store.enqueue(env.doctor, [Recipient(f"a@{VALID}")], MESSAGE)
+        assert await runner.run_once() == 1
+    assert bad.connections == 1
+    assert (await env.store.get_queue_entry(entry.id)).status is QueueStatus.DONE
+    assert [m.rcpt_tos for m in peer_handler.messages] == [[f"a@{VALID}"]]
+    results = [r.result for r in await env.store.tail_audit() if r.action == "mta.outbound"]
+    assert sorted(results) == ["deferred", "delivered"]
+
+
+async def test_garbage_peer_is_retried_on_schedule_then_bounced(env: Env) -> None:
+    policy = RetryPolicy(
+        minimal_backoff=timedelta(seconds=100), lifetime=timedelta(hours=1), delay_warning=None
+    )
+    with GarbageServer(b"999 hello\r\n") as bad:
+        runner = env.runner({VALID: f"127.0.0.1:{bad.port}"}, policy)
+        entry = await env.store.enqueue(env.doctor, [Recipient(f"a@{VALID}")], MESSAGE)
+        before = datetime.now(UTC)
+        await runner.run_once()
+        deferred = await env.store.get_queue_entry(entry.id)
+        assert deferred.status is QueueStatus.QUEUED
+        assert deferred.attempts == 1
+        assert deferred.last_error is not None
+        assert "unexpected reply: 999" in deferred.last_error
+        assert round((deferred.next_attempt_at - before).total_seconds(), -2) == 100
+
+        await age(env.store, entry.id, seconds=3601)  # the lifetime is over
+        await runner.run_once()
+    failed = await env.store.get_queue_entry(entry.id)
+    assert failed.status is QueueStatus.FAILED
+    (report,) = await env.inbox()
+    assert b"Status: 5.4.7" in report
+
+
+class _FlakyVerifier(Verifier):
+    """Raises on its first ``fail`` calls (a bug, a parser choking on a hostile certificate)."""
+
+    def __init__(self, inner: Verifier, fail: int) -> None:
+        self.inner, self.fail = inner, fail
+
+    async def verify(self, leaf: object, presented: object = (), **kw: object) -> Verdict:
+        if self.fail:
+            self.fail -= 1
+            raise RuntimeError(f"boom <{INS}@{PATIENT_DOMAIN}>")
+        return await self.inner.verify(leaf, presented, **kw)  # type: ignore[arg-type]
+
+
+async def test_exception_checking_a_peer_fails_that_target_only_and_closed(
+    env: Env, valid_peer: int, peer_handler: PeerHandler, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mta")
+    # Twice the same peer: the first check raises, nothing is handed over on that session.
+    routes = {VALID: f"127.0.0.1:{valid_peer}, [127.0.0.1]:{valid_peer}"}
+    runner = env.runner(routes, verifier=_FlakyVerifier(env.verifier, 1))
+    entry = await env.store.enqueue(env.doctor, [Recipient(f"a@{VALID}")], MESSAGE)
+    await runner.run_once()
+    assert (await env.store.get_queue_entry(entry.id)).status is QueueStatus.DONE
+    assert len(peer_handler.saw("MAIL")) == 1  # the second session only
+    assert len(peer_handler.saw("STARTTLS")) == 2
+    assert INS not in caplog.text
+
+    # Always raising: deferred, never delivered, never wedged.
+    peer_handler.commands.clear()
+    runner = env.runner({VALID: valid_peer}, verifier=_FlakyVerifier(env.verifier, 99))
+    entry = await env.store.enqueue(env.doctor, [Recipient(f"b@{VALID}")], MESSAGE)
+    await runner.run_once()
+    deferred = await env.store.get_queue_entry(entry.id)
+    assert deferred.status is QueueStatus.QUEUED
+    assert deferred.attempts == 1
+    assert peer_handler.saw("MAIL") == []
+    assert INS not in caplog.text
+
+
+async def test_internal_error_follows_the_retry_policy_and_expires(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = RetryPolicy(
+        minimal_backoff=timedelta(seconds=100), lifetime=timedelta(hours=1), delay_warning=None
+    )
+    runner = env.runner({VALID: free_port()}, policy)
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(runner, "_deliver_domain", broken)
+    entry = await env.store.enqueue(env.doctor, [Recipient(f"a@{VALID}")], MESSAGE)
+    await runner.run_once()
+    deferred = await env.store.get_queue_entry(entry.id)
+    assert deferred.status is QueueStatus.QUEUED
+    assert deferred.last_error == "internal error in the queue runner"
+
+    await age(env.store, entry.id, seconds=3601)
+    await runner.run_once()
+    assert (await env.store.get_queue_entry(entry.id)).status is QueueStatus.FAILED
+    (report,) = await env.inbox()
+    assert b"Status: 5.4.7" in report
+
+
+async def test_data_answered_with_250_instead_of_354_is_not_a_delivery(
+    env: Env, test_pki: TestPki, trust_file: Path
+) -> None:
+    handler = PeerHandler()
+    ctx = peer_tls_context(test_pki, "peer-valid", trust_file)
+    with running_peer(handler, ctx, DataAnswered250SMTP) as port:
+        entry = await env.store.enqueue(env.doctor, [Recipient(f"a@{VALID}")], MESSAGE)
+        await env.runner({VALID: port}).run_once()
+    assert handler.saw("DATA") == ["DATA"]
+    deferred = await env.store.get_queue_entry(entry.id)
+    assert deferred.status is QueueStatus.QUEUED
+    assert deferred.last_error == "unexpected reply: 250 2.0.0 weird"
+
+
+async def test_peer_refusing_mid_data_and_closing_is_heard(
+    env: Env, test_pki: TestPki, trust_file: Path
+) -> None:
+    handler = PeerHandler()
+    ctx = peer_tls_context(test_pki, "peer-valid", trust_file)
+    big = MESSAGE + (b"x" * 998 + b"\r\n") * 6000  # ~6 MB: far more than the socket buffers
+    with running_peer(handler, ctx, EarlyRejectSMTP) as port:
+        entry = await env.store.enqueue(
+            env.doctor, [Recipient(f"a@{VALID}")], big, sender_bal=env.doctor
+        )
+        await env.runner({VALID: port}).run_once()
+    failed = await env.store.get_queue_entry(entry.id)
+    assert failed.status is QueueStatus.FAILED
+    assert failed.last_error == "552 5.3.4 message too big for this server"
+    (report,) = await env.inbox()
+    assert b"Status: 5.3.4" in report
+
+
+async def test_envid_is_relayed_in_xtext_and_reported_decoded(
+    env: Env, valid_peer: int, peer_handler: PeerHandler
+) -> None:
+    a = f"a@{VALID}"
+    peer_handler.rcpt_replies[a] = ["550 5.1.1 No such user"]
+    wire = format_envid("abc+def= x")
+    assert wire == "abc+2Bdef+3D+20x"
+    entry = await env.store.enqueue(env.doctor, [Recipient(a)], MESSAGE, envid=wire, ret="HDRS")
+    await env.runner({VALID: valid_peer}).run_once()
+    (mail,) = peer_handler.saw("MAIL")
+    assert mail.split(" ")[2:] == [f"SIZE={len(MESSAGE)}", "RET=HDRS", "ENVID=abc+2Bdef+3D+20x"]
+    assert (await env.store.get_queue_entry(entry.id)).status is QueueStatus.FAILED
+    (report,) = await env.inbox()
+    # RFC 3464 §2.2.1 (envelope-id = *text, spelling preserved): the identifier itself, the
+    # xtext being only its SMTP transfer form (RFC 3461 §4.4); Postfix and Sendmail do the same.
+    assert b"\r\nOriginal-Envelope-Id: abc+def= x\r\n" in report
+
+
+async def test_an_envid_not_in_xtext_never_smuggles_a_parameter(
+    env: Env, valid_peer: int, peer_handler: PeerHandler
+) -> None:
+    # A row written when the queue held the decoded form.
+    await env.store.enqueue(
+        env.doctor, [Recipient(f"a@{VALID}")], MESSAGE, envid="abc+def= RET=FULL", ret="HDRS"
+    )
+    await env.runner({VALID: valid_peer}).run_once()
+    (mail,) = peer_handler.saw("MAIL")
+    assert mail.split(" ")[2:] == [
+        f"SIZE={len(MESSAGE)}",
+        "RET=HDRS",
+        "ENVID=abc+2Bdef+3D+20RET+3DFULL",
+    ]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        f"550 5.1.1 {INS}: unknown user",
+        f"550 5.1.1 {'x' * 370} <{INS}@{PATIENT_DOMAIN}> unknown",
+        f"450 4.2.1 {INS} busy",
+    ],
+)
+async def test_no_ins_in_audit_or_last_error_even_echoed_alone_or_cut(
+    env: Env,
+    valid_peer: int,
+    peer_handler: PeerHandler,
+    caplog: pytest.LogCaptureFixture,
+    reply: str,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="mta")
+    patient = f"{INS}@{PATIENT_DOMAIN}"
+    peer_handler.rcpt_replies[patient] = [reply]
+    entry = await env.store.enqueue(
+        env.doctor, [Recipient(patient)], MESSAGE, sender_bal=env.doctor
+    )
+    await env.runner({PATIENT_DOMAIN: valid_peer}).run_once()
+    records = [r for r in await env.store.tail_audit() if r.action == "mta.outbound"]
+    assert len(records) == 1
+    last_error = (await env.store.get_queue_entry(entry.id)).last_error
+    assert last_error is not None
+    for text in (repr(records), last_error, caplog.text):
+        assert INS not in text
+        assert INS[:11] not in text
+
+
+async def test_a_busy_domain_never_holds_a_worker(
+    env: Env, valid_peer: int, peer_handler: PeerHandler
+) -> None:
+    limits = ConnectionLimits(per_domain=1)
+    runner = env.runner({VALID: valid_peer}, limits=limits)
+    assert limits.try_acquire(VALID)  # another delivery holds the domain's only slot
+    entry = await env.store.enqueue(env.doctor, [Recipient(f"a@{VALID}")], MESSAGE)
+    before = datetime.now(UTC)
+    # Before: the worker waited for the slot, with the claim, for as long as it was held.
+    assert await asyncio.wait_for(runner.run_once(), 10) == 1
+    deferred = await env.store.get_queue_entry(entry.id)
+    assert deferred.status is QueueStatus.QUEUED
+    assert deferred.last_error is not None
+    assert "connection limit reached" in deferred.last_error
+    assert deferred.next_attempt_at - before <= BUSY_RETRY + timedelta(seconds=2)
+    assert peer_handler.commands == []
+
+    limits.release(VALID)
+    await env.store.retry_queue_entry(entry.id)
+    await runner.run_once()
+    assert (await env.store.get_queue_entry(entry.id)).status is QueueStatus.DONE
+
+
+async def test_a_lost_claim_cancels_the_delivery_before_data(
+    env: Env, valid_peer: int, peer_handler: PeerHandler
+) -> None:
+    peer_handler.rcpt_delay = 1.5
+    runner = env.runner(
+        {VALID: valid_peer}, lease=timedelta(seconds=0.6), poll_interval=3600, stop_grace=5
+    )
+    entry = await env.store.enqueue(env.doctor, [Recipient(f"a@{VALID}")], MESSAGE)
+    await runner.start()
+    try:
+        for _ in range(100):
+            if peer_handler.saw("RCPT"):
+                break
+            await asyncio.sleep(0.05)
+        assert peer_handler.saw("RCPT")
+        # The database was unreachable longer than the lease: another runner took the entry.
+        async with env.store.db.writer.begin() as conn:
+            await conn.execute(
+                update(outbound_queue)
+                .where(outbound_queue.c.id == entry.id)
+                .values(claimed_by="another-runner")
+            )
+        await asyncio.sleep(2.5)
+    finally:
+        await asyncio.wait_for(runner.stop(), 10)
+    assert peer_handler.saw("DATA") == []
+    assert peer_handler.messages == []
+    taken = await env.store.get_queue_entry(entry.id)
+    assert taken.status is QueueStatus.CLAIMED  # the other runner's; untouched by us
+
+
+async def test_store_errors_are_logged_without_their_text(
+    env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    runner = env.runner({VALID: free_port()}, poll_interval=3600)
+
+    async def down(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(f"constraint failed for {INS}@{PATIENT_DOMAIN}")
+
+    monkeypatch.setattr(env.store, "claim_queue_entries", down)
+    await runner.start()
+    await asyncio.sleep(0.1)
+    await asyncio.wait_for(runner.stop(), 10)
+    assert "cannot claim entries: RuntimeError" in caplog.text
+    assert INS not in caplog.text

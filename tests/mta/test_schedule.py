@@ -18,6 +18,7 @@ from mta.schedule import (
     TransportProblem,
     classify_reply,
     peer_refusal,
+    redact,
     transport_failure,
 )
 from pki.verify import Reason
@@ -317,10 +318,50 @@ def test_unexpected_positive_reply_is_retried_as_protocol_error(code: int) -> No
     assert d.diagnostic.startswith("unexpected reply: ")
 
 
-@pytest.mark.parametrize("code", [0, 99, 600, 999])
-def test_impossible_reply_code_is_a_bug(code: int) -> None:
-    with pytest.raises(ValueError, match="outside"):
-        classify_reply(code, None, "")
+@pytest.mark.parametrize("code", [-1, 0, 99, 600, 999, 10**9])
+def test_impossible_reply_code_is_retried_as_protocol_error(code: int) -> None:
+    # A broken or hostile peer (aiosmtplib reports a malformed line as -1): never an exception
+    # that would wedge the queue entry, never a failure for a fault of the peer's software.
+    d = classify_reply(code, "5.1.1", "hello")
+    assert d.outcome is Outcome.RETRY
+    assert d.status == "4.5.0"
+    assert d.diagnostic == f"unexpected reply: {code} 5.1.1 hello"
+
+
+INS = "146026322000196"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"<{INS}@patient.mssante.fr> unknown",
+        f"{INS}: unknown user",
+        "2690499A12345: no",  # not an INS shape: kept, see below
+        "x" * 380 + f" <{INS}@patient.mssante.fr>",  # the cut would leave the INS unmasked
+        "x" * 385 + f" {INS}",
+        "user 1460263220001 (13) and 1 46 02 63 not",
+        "corse 16902" + "2A" + "00100196 unknown",
+    ],
+)
+def test_reply_diagnostic_never_holds_an_ins(text: str) -> None:
+    for d in (
+        classify_reply(550, "5.1.1", text),
+        classify_reply(451, None, text),
+        transport_failure(TransportProblem.CONNECTION_LOST, "mx", text),
+        classify_reply(450, None, text).expired(),
+    ):
+        assert INS not in d.diagnostic
+        assert INS[:11] not in d.diagnostic  # no piece of it either
+        assert "1690" + "22A00100196" not in d.diagnostic
+        assert "1460263220001" not in d.diagnostic
+        assert len(d.diagnostic) <= 400
+
+
+def test_redact_keeps_what_is_not_an_ins() -> None:
+    text = "queue id 12345, 16 digits 1234567890123456, host mx1.example.fr, code 5.1.1"
+    assert redact(text) == text
+    assert redact(f"{INS}@PATIENT.mssante.fr") == "***@patient.mssante.fr"
+    assert redact(f"ins={INS};") == "ins=***;"
 
 
 def test_decision_status_must_match_outcome() -> None:
