@@ -227,7 +227,12 @@ def serve_command(ctx: Context, only: tuple[str, ...]) -> None:
     def ready(endpoints: list[str]) -> None:
         click.echo("ready: " + ("; ".join(endpoints) or "no listener configured"), err=True)
 
-    run_async(serve)(config, only=list(only) or None, on_ready=ready)
+    selected = list(only) or None
+    if config.server.processes > 1:
+        from colombe.serve import serve_in_processes
+
+        sys.exit(serve_in_processes(config, only=selected, on_ready=ready))
+    run_async(serve)(config, only=selected, on_ready=ready)
 
 
 # -- domain -----------------------------------------------------------------------------------

@@ -37,6 +37,9 @@ class StoreSection:
 @dataclass(frozen=True, slots=True)
 class ServerSection:
     hostname: str = "localhost"
+    # Processes serving the front ends (MX, submission): one per core on a busy server. They
+    # share the listening ports (SO_REUSEPORT); the other components run in the first only.
+    processes: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,11 +358,19 @@ def _validate(config: Config, origin: Mapping[str, str]) -> None:
         fail("store.database_url", "must start with sqlite:/// or postgresql://")
     if config.admin.listen:
         parse_listen(config.admin.listen, "admin.listen", origin)
+    if config.server.processes < 1:
+        fail("server.processes", "must be at least 1")
+    if config.server.processes > 1 and config.store.database_url.startswith("sqlite"):
+        # Measured: two SQLite writers in two processes wait on each other's locks (SQLite's
+        # busy handler sleeps), which makes the MX slower than one process, not faster.
+        fail("server.processes", "several processes need PostgreSQL (store.database_url)")
     for key in ("mx.listen", "submission.listen", "submission.listen_tls"):
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
         if value:
-            parse_listen(value, key, origin)
+            _, port = parse_listen(value, key, origin)
+            if port == 0 and config.server.processes > 1:
+                fail(key, "several processes must share a fixed port (server.processes > 1)")
             if not (config.tls.cert_file and config.tls.key_file and config.tls.trust_file):
                 fail(key, "needs tls.cert_file, tls.key_file and tls.trust_file")
     for key in (

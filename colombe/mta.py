@@ -143,8 +143,9 @@ class SmtpComponent:
     async def start(self) -> None:
         await self.shared.acquire()
         try:
+            shared_ports = self.shared.config.server.processes > 1
             for listener, host, port in self.listeners:
-                await listener.start(host, port)
+                await listener.start(host, port, reuse_port=shared_ports)
                 self._running.append(listener)
         except BaseException:
             await self.stop()

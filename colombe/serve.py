@@ -8,8 +8,11 @@ order and stopped in reverse.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -22,6 +25,9 @@ from colombe.whitelist import whitelist_component
 from store import Store
 
 log = logging.getLogger(__name__)
+
+STOP_CHILDREN = 30.0
+"""Seconds the front-end processes get to finish after SIGTERM before SIGKILL."""
 
 
 class Component(Protocol):
@@ -47,6 +53,11 @@ COMPONENTS: dict[str, ComponentFactory] = {
     "mx": mx_component,
     "submission": submission_component,
 }
+
+
+# The components every process of `server.processes` runs (stateless front ends); the others
+# run in the first process only.
+FRONT_ENDS = ("mx", "submission")
 
 
 class UnknownComponent(Exception):
@@ -116,3 +127,64 @@ async def serve(
         await store.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+def _die_with_parent() -> None:
+    """Linux: this (child) process gets SIGTERM when its parent dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def serve_in_processes(
+    config: Config,
+    *,
+    only: list[str] | None = None,
+    on_ready: Callable[[list[str]], None] | None = None,
+) -> int:
+    """``server.processes`` processes: this one runs every selected component, the others
+    (forked before any event loop or thread exists) the front ends only, on the same ports.
+    SIGTERM/SIGINT to this process stops them all; returns the exit status."""
+    names = select_components(only)
+    front_ends = [n for n in names if n in FRONT_ENDS]
+    children: list[int] = []
+    if front_ends:
+        for _ in range(config.server.processes - 1):
+            pid = os.fork()
+            if pid == 0:  # the child: front ends only, until its parent tells it to stop
+                code = 0
+                try:
+                    _die_with_parent()
+                    asyncio.run(serve(config, only=front_ends))
+                except BaseException:
+                    log.exception("front-end process failed")
+                    code = 1
+                finally:
+                    os._exit(code)
+            children.append(pid)
+    code = 0
+    try:
+        asyncio.run(serve(config, only=names, on_ready=on_ready))
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_CHILDREN
+        for pid in children:
+            while True:
+                try:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if done:
+                    code = code or (1 if os.waitstatus_to_exitcode(status) else 0)
+                    break
+                if time.monotonic() > deadline:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                time.sleep(0.05)
+    return code

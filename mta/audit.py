@@ -59,15 +59,19 @@ class AuditWriter:
         detail: dict[str, Any] | None = None,
     ) -> None:
         """Queue one record (never blocks, never raises)."""
-        log.info(
-            "audit %s actor=%s bal=%s source=%s result=%s %s",
-            action,
-            actor,
-            bal or "-",
-            source or "-",
-            result,
-            detail or {},
-        )
+        if log.isEnabledFor(logging.INFO):
+            # The essentials at once (the database copy follows in a batch); the detail is in
+            # the audit trail, and at debug level here.
+            log.info(
+                "audit %s %s actor=%s bal=%s source=%s id=%s",
+                action,
+                result,
+                actor,
+                bal or "-",
+                source or "-",
+                (detail or {}).get("queue_id") or (detail or {}).get("session") or "-",
+            )
+            log.debug("audit detail %s", detail)
         if len(self._pending) >= MAX_PENDING:
             self._pending.pop(0)
             self.dropped += 1

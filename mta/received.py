@@ -34,6 +34,7 @@ every message to every recipient and their operators (Postfix's
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import unicodedata
@@ -42,6 +43,9 @@ from email.utils import format_datetime
 from typing import Final
 
 from mta.routes import normalise_host
+
+# The sanitising helpers are pure and see the same values (HELO, DN, addresses) message after
+# message: they are memoised, which makes the header cheap on a busy session.
 
 MAX_LINE: Final = 998  # RFC 5322 §2.1.1, octets without CRLF
 FOLD_WIDTH: Final = 78  # RFC 5322 §2.1.1 "SHOULD"
@@ -189,6 +193,7 @@ def _name(value: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
 def _clean(value: str, utf8: bool) -> str:
     """Controls and format characters to ``?``, non-ASCII too unless ``utf8``, white space
     runs to one space, trimmed."""
@@ -212,6 +217,7 @@ def _bound(value: str, limit: int) -> str:
     return data[: limit - 3].decode(errors="ignore") + "..."
 
 
+@functools.lru_cache(maxsize=4096)
 def _token(value: str, limit: int, utf8: bool) -> str:
     chars = [
         c if (_TOKEN_ASCII_RE.fullmatch(c) or (utf8 and not c.isascii())) else "?"
@@ -220,6 +226,7 @@ def _token(value: str, limit: int, utf8: bool) -> str:
     return _bound("".join(chars), limit)
 
 
+@functools.lru_cache(maxsize=4096)
 def _address(value: str, utf8: bool) -> str:
     chars = [
         c if (_ADDRESS_ASCII_RE.fullmatch(c) or (utf8 and not c.isascii())) else "?"
@@ -228,6 +235,7 @@ def _address(value: str, utf8: bool) -> str:
     return _bound("".join(chars), MAX_ADDRESS)
 
 
+@functools.lru_cache(maxsize=4096)
 def _comment(value: str, limit: int, utf8: bool) -> str:
     text = _bound(_clean(value, utf8), limit)
     return re.sub(r'([\\()"])', r"\\\1", text)

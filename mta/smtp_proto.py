@@ -152,22 +152,22 @@ class DataReader:
         out: list[bytes] = []
         pos = 0
         n = len(data)
+        fast = True
         while pos < n:
-            if self._at_line_start and data[pos] != 0x2E:
-                # Fast path: whole lines up to the last LF, when none starts with a dot and every
-                # CR and LF of them pairs up as CRLF (one scan per chunk, not one per line).
-                last = data.rfind(b"\n", pos)
+            if fast and self._at_line_start and data[pos] != 0x2E:
+                # Fast path: the whole lines before the next line that starts with a dot (or
+                # the last LF), when every CR and LF in them pairs up as CRLF: one scan per
+                # chunk instead of one step per line. Anything irregular goes the slow way.
+                dot = data.find(b"\n.", pos)
+                last = dot if dot >= 0 else data.rfind(b"\n", pos)
                 if last > pos:
                     block = data[pos : last + 1]
                     crlf = block.count(b"\r\n")
-                    if (
-                        block.count(b"\n") == crlf
-                        and block.count(b"\r") == crlf
-                        and b"\n." not in block
-                    ):
+                    if block.count(b"\n") == crlf and block.count(b"\r") == crlf:
                         out.append(block)
                         pos = last + 1
                         continue
+                    fast = False
             if self._at_line_start and data[pos] == 0x2E:  # "."
                 # Transparency (RFC 5321 §4.5.2) or the end marker.
                 if data.startswith(b".\r\n", pos):

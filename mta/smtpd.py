@@ -110,9 +110,8 @@ class Session:
     def tls(self) -> bool:
         return self.tls_version is not None
 
-    @property
-    def peer_dn(self) -> str | None:
-        return self.peer_cert.subject.rfc4514_string() if self.peer_cert is not None else None
+    # The client certificate's subject as RFC 4514 text, set with peer_cert.
+    peer_dn: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,10 +310,18 @@ class Listener:
             return []
         return [s.getsockname()[:2] for s in self._server.sockets]
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+        """Listen; ``reuse_port``: several processes share the port (the kernel spreads the
+        connections between them)."""
         self.stopping = False
         self._server = await asyncio.start_server(
-            self._serve, host, port, limit=READ_SIZE, reuse_address=True, backlog=1024
+            self._serve,
+            host,
+            port,
+            limit=READ_SIZE,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+            backlog=1024,
         )
 
     async def stop(self) -> None:
@@ -826,6 +833,8 @@ class Connection:
             self.session.tls_cipher = cipher[0]
             self.session.tls_bits = cipher[2]
         self.session.peer_cert = peer_certificate(ssl_object)
+        if self.session.peer_cert is not None:
+            self.session.peer_dn = self.session.peer_cert.subject.rfc4514_string()
         await self.handler.on_tls(self.session, ssl_object)
 
     # -- AUTH (RFC 4954) ------------------------------------------------------------------------
