@@ -8,6 +8,7 @@ when it queues a message.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import weakref
@@ -35,6 +36,10 @@ from store import Store
 
 log = logging.getLogger(__name__)
 
+WHITELIST_WAIT = 15.0
+"""Seconds a starting MTA component waits for the whitelist (the stored copy, or the first
+download) before opening its ports anyway."""
+
 
 @dataclass
 class MtaServices:
@@ -54,9 +59,16 @@ class MtaServices:
             self.runner.notify()
 
     async def acquire(self) -> None:
-        """A component starts: the first one starts the whitelist (idempotent)."""
+        """A component starts: the first one starts the whitelist (idempotent) and waits a
+        little for it, so that a fresh process does not open its ports without one."""
         self.users += 1
         await self.whitelist.start()
+        for _ in range(int(WHITELIST_WAIT / 0.1)):
+            if self.whitelist.loaded:
+                break
+            await asyncio.sleep(0.1)
+        if not self.whitelist.loaded:
+            log.warning("no whitelist yet: the MTA answers 451 to peers until one is loaded")
 
     async def release(self) -> None:
         self.users -= 1

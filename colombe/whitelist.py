@@ -120,6 +120,11 @@ class WhitelistComponent:
     def dn_is_listed(self, peer_dn: DistinguishedName | x509.Name | str) -> bool:
         return self.keeper.dn_is_listed(peer_dn)
 
+    @property
+    def loaded(self) -> bool:
+        """Whether a whitelist is in memory (until then, the MTA answers 451, never 550)."""
+        return self.keeper.current is not None
+
     def dns_for(self, domain: str) -> list[str]:
         """The DNs listed for ``domain`` (none while no whitelist is loaded)."""
         current = self.keeper.current

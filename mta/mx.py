@@ -113,6 +113,8 @@ class MxHandler:
         cert, verdict = session.peer_cert, session.cert_verdict
         if cert is None:
             return replies.NO_CLIENT_CERTIFICATE
+        if not getattr(self.whitelist, "loaded", True):
+            return replies.WHITELIST_UNAVAILABLE
         if verdict is None:
             # Never judged (the check failed): fail closed, and let the peer retry.
             return replies.CERTIFICATE_UNCHECKED

@@ -409,6 +409,14 @@ PARAMETER_UNRECOGNIZED: Final = Reply(555, "5.5.4", "Unsupported MAIL FROM or RC
 STORE_UNAVAILABLE: Final = Reply(
     451, "4.3.0", "Temporary failure storing the message, try again later / erreur temporaire"
 )
+WHITELIST_UNAVAILABLE: Final = Reply(
+    451,
+    "4.7.0",
+    "MSSante whitelist not available yet, try again later"
+    " / liste blanche indisponible, reessayer plus tard",
+)
+"""No whitelist loaded (a process just started, the first download failed): fail closed, but
+temporarily, so no peer bounces mail because of our outage."""
 CERTIFICATE_UNCHECKED: Final = Reply(
     451,
     "4.7.0",

@@ -114,6 +114,14 @@ class SubmissionHandler:
         route = policy.route_recipient(
             address, hosted_domains=hosted, local_bal_status=status, whitelist=self.whitelist
         )
+        if (
+            route.kind is RouteKind.REFUSED
+            and route.reply is not None
+            and route.reply.enhanced == "5.7.1"
+            and not getattr(self.whitelist, "loaded", True)
+        ):
+            # "Outside the trust space" cannot be told without a whitelist: try again later.
+            return replies.WHITELIST_UNAVAILABLE
         if route.kind is RouteKind.REFUSED:
             assert route.reply is not None
             return route.reply
