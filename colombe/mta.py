@@ -9,6 +9,7 @@ when it queues a message.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 import weakref
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from colombe.config import Config, ConfigError, parse_listen
+from colombe.config import Config, ConfigError, MxSection, SubmissionSection, parse_listen
 from colombe.whitelist import WhitelistComponent, whitelist_component
 from mta.audit import AuditWriter
 from mta.delivery import Receiver
@@ -178,13 +179,8 @@ class SmtpComponent:
         return out
 
 
-def mx_component(config: Config, store: Store) -> SmtpComponent | None:
-    section = config.mx
-    if not section.listen:
-        return None
-    shared = services(config, store)
-    cert, key, trust = _tls_paths(config)
-    limits = Limits(
+def _limits(section: MxSection | SubmissionSection) -> Limits:
+    return Limits(
         max_message_size=section.max_message_size,
         max_recipients=section.max_recipients,
         max_connections=section.max_connections,
@@ -192,6 +188,15 @@ def mx_component(config: Config, store: Store) -> SmtpComponent | None:
         max_errors=section.max_errors,
         timeout=float(section.timeout),
     )
+
+
+def mx_component(config: Config, store: Store) -> SmtpComponent | None:
+    section = config.mx
+    if not section.listen:
+        return None
+    shared = services(config, store)
+    cert, key, trust = _tls_paths(config)
+    limits = _limits(section)
     handler = MxHandler(
         shared.receiver,
         verifier=shared.verifier,
@@ -215,13 +220,8 @@ def submission_component(config: Config, store: Store) -> SmtpComponent | None:
         return None
     shared = services(config, store)
     cert, key, _ = _tls_paths(config)
-    limits = Limits(
-        max_message_size=section.max_message_size,
-        max_recipients=section.max_recipients,
-        max_connections=section.max_connections,
-        max_connections_per_ip=section.max_connections_per_ip,
-        max_errors=section.max_errors,
-        timeout=float(section.timeout),
+    limits = dataclasses.replace(
+        _limits(section),
         max_auth_failures=section.max_auth_failures,
         auth_failure_delay=float(section.auth_failure_delay),
     )

@@ -10,19 +10,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
-from mta import headers
+from mta import headers, policy, replies
 from mta.audit import AuditWriter
 from mta.dsn import Action, RecipientReport, build_dsn, dsn_requested
-from mta.dsn_params import format_envid, format_notify, format_orcpt
-from mta.policy import PATIENT_DOMAIN, mss_headers
+from mta.dsn_params import RcptParams, format_envid, format_notify, format_orcpt
+from mta.policy import PATIENT_DOMAIN, RouteKind, mss_headers
 from mta.received import received_header, with_protocol
+from mta.replies import Reply
 from mta.smtpd import AcceptedRecipient, Envelope, Message, Session
 from store import Store
-from store.model import Recipient
+from store.errors import BalNotFound
+from store.model import BalStatus, Recipient
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,73 @@ _PATIENT_ADDRESS = re.compile(r"[^\s<>@\"'(),;:]+@patient\.mssante\.fr", re.IGNO
 def mask_text(text: str) -> str:
     """``text`` (a reply we sent, which may quote an address) with patient addresses masked."""
     return _PATIENT_ADDRESS.sub(lambda m: mask(m.group()), text)
+
+
+DOMAINS_TTL = 10.0
+"""Seconds the list of hosted domains is cached (a domain added is served within this delay)."""
+BAL_TTL = 5.0
+"""Seconds a BAL's status is cached (a BAL created, suspended or closed is seen within it)."""
+MAX_CACHED_BALS = 50_000
+
+
+class HostedDomains:
+    """The store's domains, cached for :data:`DOMAINS_TTL` seconds."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._names: frozenset[str] = frozenset()
+        self._at = 0.0
+        self._statuses: dict[str, tuple[BalStatus | None, float]] = {}
+
+    async def names(self) -> frozenset[str]:
+        now = time.monotonic()
+        if now - self._at > DOMAINS_TTL:
+            self._names = frozenset(d.name for d in await self._store.list_domains())
+            self._at = now
+        return self._names
+
+    async def bal_status(self, address: str) -> BalStatus | None:
+        """The BAL's status, cached for :data:`BAL_TTL` seconds (one query per recipient is
+        a fifth of the MX's work; a suspension takes effect within the delay)."""
+        now = time.monotonic()
+        cached = self._statuses.get(address)
+        if cached is not None and now - cached[1] <= BAL_TTL:
+            return cached[0]
+        try:
+            status: BalStatus | None = (await self._store.get_bal(address)).status
+        except BalNotFound:
+            status = None
+        if len(self._statuses) >= MAX_CACHED_BALS:
+            self._statuses.clear()
+        self._statuses[address] = (status, now)
+        return status
+
+    async def resolve(
+        self, address: str
+    ) -> tuple[policy.Address | Reply, frozenset[str], BalStatus | None]:
+        """``address`` parsed, our domains, and the BAL's status when the domain is ours."""
+        parsed = policy.parse_address(address)
+        hosted = await self.names()
+        status = None
+        if isinstance(parsed, policy.Address) and parsed.domain in hosted:
+            status = await self.bal_status(parsed.lowered)
+        return parsed, hosted, status
+
+    async def postmaster_recipient(self, params: RcptParams) -> Reply | AcceptedRecipient:
+        """``RCPT TO:<Postmaster>``, accepted as RFC 5321 §4.5.1 requires when we have one."""
+        postmaster = await self.postmaster()
+        if postmaster is None:
+            return replies.UNKNOWN_MAILBOX
+        return AcceptedRecipient(postmaster, params, RouteKind.LOCAL)
+
+    async def postmaster(self) -> str | None:
+        """Where ``RCPT TO:<Postmaster>`` (no domain, RFC 5321 §4.5.1) goes: the active
+        ``postmaster@`` BAL of the first of our domains (in name order) that has one."""
+        for domain in sorted(await self.names()):
+            address = f"postmaster@{domain}"
+            if await self.bal_status(address) is BalStatus.ACTIVE:
+                return address
+        return None
 
 
 class Receiver:

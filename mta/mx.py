@@ -19,69 +19,17 @@ from __future__ import annotations
 
 import logging
 import ssl
-import time
 from collections.abc import Mapping
 
 from mta import policy, replies
-from mta.delivery import Receiver, mask, mask_text
+from mta.delivery import HostedDomains, Receiver, mask, mask_text
 from mta.dsn_params import MailParams, RcptParams
 from mta.policy import RouteKind, WhitelistView
 from mta.replies import Reply
 from mta.smtpd import AcceptedRecipient, Envelope, Message, SaslMechanism, Session
 from pki.verify import Reason, Role, Verifier, match_listed_dn
-from store import Store
-from store.errors import BalNotFound
-from store.model import BalStatus
 
 log = logging.getLogger(__name__)
-
-DOMAINS_TTL = 10.0
-"""Seconds the list of hosted domains is cached (a domain added is served within this delay)."""
-BAL_TTL = 5.0
-"""Seconds a BAL's status is cached (a BAL created, suspended or closed is seen within it)."""
-MAX_CACHED_BALS = 50_000
-
-
-class HostedDomains:
-    """The store's domains, cached for :data:`DOMAINS_TTL` seconds."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._names: frozenset[str] = frozenset()
-        self._at = 0.0
-        self._statuses: dict[str, tuple[BalStatus | None, float]] = {}
-
-    async def names(self) -> frozenset[str]:
-        now = time.monotonic()
-        if now - self._at > DOMAINS_TTL:
-            self._names = frozenset(d.name for d in await self._store.list_domains())
-            self._at = now
-        return self._names
-
-    async def bal_status(self, address: str) -> BalStatus | None:
-        """The BAL's status, cached for :data:`BAL_TTL` seconds (one query per recipient is
-        a fifth of the MX's work; a suspension takes effect within the delay)."""
-        now = time.monotonic()
-        cached = self._statuses.get(address)
-        if cached is not None and now - cached[1] <= BAL_TTL:
-            return cached[0]
-        try:
-            status: BalStatus | None = (await self._store.get_bal(address)).status
-        except BalNotFound:
-            status = None
-        if len(self._statuses) >= MAX_CACHED_BALS:
-            self._statuses.clear()
-        self._statuses[address] = (status, now)
-        return status
-
-    async def postmaster(self) -> str | None:
-        """Where ``RCPT TO:<Postmaster>`` (no domain, RFC 5321 §4.5.1) goes: the active
-        ``postmaster@`` BAL of the first of our domains (in name order) that has one."""
-        for domain in sorted(await self.names()):
-            address = f"postmaster@{domain}"
-            if await self.bal_status(address) is BalStatus.ACTIVE:
-                return address
-        return None
 
 
 class MxHandler:
@@ -140,15 +88,8 @@ class MxHandler:
         self, session: Session, envelope: Envelope, address: str, params: RcptParams
     ) -> Reply | AcceptedRecipient:
         if address.lower() == "postmaster":
-            postmaster = await self.domains.postmaster()
-            if postmaster is None:
-                return replies.UNKNOWN_MAILBOX
-            return AcceptedRecipient(postmaster, params, RouteKind.LOCAL)
-        parsed = policy.parse_address(address)
-        hosted = await self.domains.names()
-        status = None
-        if isinstance(parsed, policy.Address) and parsed.domain in hosted:
-            status = await self.domains.bal_status(parsed.lowered)
+            return await self.domains.postmaster_recipient(params)
+        parsed, hosted, status = await self.domains.resolve(address)
         refusal = policy.check_inbound_recipient(address, hosted_domains=hosted, bal_status=status)
         if refusal is not None:
             return refusal

@@ -19,10 +19,9 @@ import ssl
 from collections.abc import Mapping
 
 from mta import policy, replies
-from mta.delivery import Receiver, mask_text
+from mta.delivery import HostedDomains, Receiver, mask_text
 from mta.dsn_params import MailParams, RcptParams
 from mta.headers import from_addresses
-from mta.mx import HostedDomains
 from mta.policy import RouteKind, WhitelistView
 from mta.replies import Reply
 from mta.smtpd import (
@@ -102,15 +101,8 @@ class SubmissionHandler:
         self, session: Session, envelope: Envelope, address: str, params: RcptParams
     ) -> Reply | AcceptedRecipient:
         if address.lower() == "postmaster":
-            postmaster = await self.domains.postmaster()
-            if postmaster is None:
-                return replies.UNKNOWN_MAILBOX
-            return AcceptedRecipient(postmaster, params, RouteKind.LOCAL)
-        parsed = policy.parse_address(address)
-        hosted = await self.domains.names()
-        status = None
-        if isinstance(parsed, policy.Address) and parsed.domain in hosted:
-            status = await self.domains.bal_status(parsed.lowered)
+            return await self.domains.postmaster_recipient(params)
+        _, hosted, status = await self.domains.resolve(address)
         route = policy.route_recipient(
             address, hosted_domains=hosted, local_bal_status=status, whitelist=self.whitelist
         )
