@@ -34,6 +34,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.whitelist_bench
 	$(BIN)/python -m bench.directory_bench
 	$(BIN)/python -m bench.ldap_bench
+	scripts/bench-services.sh
+	$(BIN)/python -m bench.mta_bench --sink --wait-quiet 180
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -3,7 +3,7 @@
     scripts/bench-services.sh   # Debian's postfix, dovecot-core, dovecot-lmtpd (services off)
     .venv/bin/python -m bench.mta_bench [--concurrency 1,10,50] [--messages 300,1000,1000]
         [--repeat 3] [--seconds 60] [--idle 500] [--only postfix|colombe] [--sink]
-        [--wait-quiet SECONDS] [--logs DIR] [--no-write]
+        [--wait-quiet SECONDS] [--retries 2] [--logs DIR] [--no-write]
 
 Both servers run privately in one temporary directory, on 127.0.0.1 only, with the same TEST
 IGC-Santé server certificate ("localhost") and key, TLS >= 1.2, STARTTLS required and a client
@@ -58,6 +58,8 @@ from pki.testpki import TestPki, make_test_pki
 from tests.store.messages import message_of_size
 
 SIZE = 20_000
+# A run during which other processes used more than this (in cores) is disturbed.
+DISTURBED = 0.15
 SENDER = "resultats@labo-test.mssante.fr"
 PEER_DOMAIN = "labo-test.mssante.fr"
 DOMAIN = "hopital-test.mssante.fr"
@@ -134,7 +136,7 @@ def cpu_ticks(pids: list[int]) -> tuple[int, int]:
     return busy, ours
 
 
-async def wait_quiet(max_seconds: float, threshold: float = 0.2) -> float:
+async def wait_quiet(max_seconds: float, threshold: float = DISTURBED) -> float:
     """Wait (at most ``max_seconds``) until the rest of the machine uses less than ``threshold``
     of a core over 2 s; the last figure seen (in cores)."""
     deadline = time.monotonic() + max_seconds
@@ -730,6 +732,8 @@ class Run:
     client_cpu: float
     # CPU used meanwhile by processes that are neither the generator nor the server (in cores).
     foreign_cpu: float = 0.0
+    # CPU used by the server's processes during the load (in cores).
+    server_cpu: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -765,6 +769,10 @@ class Series:
     def client_cpu(self) -> float:
         return statistics.median(r.client_cpu / r.load_seconds * 100 for r in self.runs)
 
+    @property
+    def server_cpu(self) -> float:
+        return statistics.median(r.server_cpu * 100 for r in self.runs)
+
 
 class Messages:
     """Distinct messages for the whole bench (no Message-ID ever sent twice), generated before
@@ -796,6 +804,7 @@ async def load(
     cpu0 = time.process_time()
     mine = [os.getpid(), *target.all_pids()]
     ticks0 = cpu_ticks(mine)
+    server0 = cpu_ticks(target.all_pids())[1]
     started = time.perf_counter()
     deadline = time.monotonic() + max_seconds
 
@@ -828,6 +837,7 @@ async def load(
     load_seconds = time.perf_counter() - started
     client_cpu = time.process_time() - cpu0
     ticks1 = cpu_ticks([os.getpid(), *target.all_pids()])
+    server1 = cpu_ticks(target.all_pids())[1]
     hz = os.sysconf("SC_CLK_TCK")
     foreign = max(0, (ticks1[0] - ticks0[0]) - (ticks1[1] - ticks0[1])) / hz / load_seconds
     accepted = len(latencies)
@@ -850,6 +860,7 @@ async def load(
         errors=errors,
         client_cpu=client_cpu,
         foreign_cpu=foreign,
+        server_cpu=(server1 - server0) / hz / load_seconds,
     )
 
 
@@ -932,6 +943,12 @@ async def main() -> int:
         default=0,
         help="before each run, wait for an idle machine (at most this many seconds in all)",
     )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="run again a run disturbed by other processes, at most this many times",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per target and level")
     parser.add_argument("--logs", type=Path, help="copy the servers' logs to this folder")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
@@ -953,6 +970,11 @@ async def main() -> int:
             await wait_quiet(quiet_budget)
             quiet_budget -= time.monotonic() - t0
 
+    # SIGTERM (timeout(1), a CI runner giving up) cancels the bench: the finally blocks stop
+    # every server it started.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     messages = Messages()
     runs: list[Run] = []
     idles: list[Idle] = []
@@ -1006,20 +1028,29 @@ async def main() -> int:
             for level, count in zip(levels, counts, strict=True):
                 for _ in range(args.repeat):
                     for target in started:  # interleaved: both see the same state of the disk
-                        await quiet()
-                        r = await load(
-                            target, ctx, messages, level, count, args.seconds, args.settle
-                        )
-                        runs.append(r)
-                        print(
-                            f"{r.target:18} c={level:3} sent {r.sent:5} accepted {r.accepted:5} "
-                            f"delivered {r.delivered:5} in {r.seconds:6.2f}s = {r.rate:7.1f} msg/s  "
-                            f"p50 {r.pct(0.5):7.1f} ms  p99 {r.pct(0.99):7.1f} ms  "
-                            f"client CPU {r.client_cpu / r.load_seconds * 100:3.0f}%  "
-                            f"other processes {r.foreign_cpu * 100:3.0f}%"
-                            + (f"  errors {r.errors}" if r.errors else ""),
-                            flush=True,
-                        )
+                        # A run disturbed by other work on the machine is run again (a few
+                        # times at most); the least disturbed attempt is kept.
+                        attempts: list[Run] = []
+                        while len(attempts) <= args.retries:
+                            await quiet()
+                            r = await load(
+                                target, ctx, messages, level, count, args.seconds, args.settle
+                            )
+                            attempts.append(r)
+                            print(
+                                f"{r.target:18} c={level:3} sent {r.sent:5} "
+                                f"accepted {r.accepted:5} delivered {r.delivered:5} "
+                                f"in {r.seconds:6.2f}s = {r.rate:7.1f} msg/s  "
+                                f"p50 {r.pct(0.5):7.1f} ms  p99 {r.pct(0.99):7.1f} ms  "
+                                f"client CPU {r.client_cpu / r.load_seconds * 100:3.0f}%  "
+                                f"server CPU {r.server_cpu * 100:3.0f}%  "
+                                f"other processes {r.foreign_cpu * 100:3.0f}%"
+                                + (f"  errors {r.errors}" if r.errors else ""),
+                                flush=True,
+                            )
+                            if r.foreign_cpu <= DISTURBED:
+                                break
+                        runs.append(min(attempts, key=lambda a: a.foreign_cpu))
         finally:
             for target in reversed(targets):
                 target.stop()
@@ -1032,7 +1063,11 @@ async def main() -> int:
     body = report(runs, idles, levels, notes)
     print(body)
     if not args.no_write and runs:
-        command = " ".join([".venv/bin/python -m bench.mta_bench", *sys.argv[1:]])
+        argv = sys.argv[1:]
+        if "--logs" in argv:  # where this run's logs went is no part of the command to rerun
+            at = argv.index("--logs")
+            del argv[at : at + 2]
+        command = " ".join([".venv/bin/python -m bench.mta_bench", *argv])
         intro = __doc__.split("\n\n", 2)[2] if __doc__ else ""
         write_section(
             "MTA (issue [mta])",
@@ -1075,7 +1110,10 @@ def report(runs: list[Run], idles: list[Idle], levels: list[int], notes: list[st
         c, p = series.get((colombe, level)), series.get((postfix, level))
 
         def rate(x: Series | None) -> str:
-            return f"{x.rate:,.1f} ({x.spread})" if x else "—"
+            if x is None:
+                return "—"
+            mark = " ⚠" if any(r.foreign_cpu > DISTURBED for r in x.runs) else ""
+            return f"{x.rate:,.1f} ({x.spread}){mark}"
 
         def lat(x: Series | None) -> str:
             return f"{x.pct(0.5):.1f} / {x.pct(0.99):.1f} ms" if x else "—"
@@ -1130,14 +1168,30 @@ def report(runs: list[Run], idles: list[Idle], levels: list[int], notes: list[st
         for (name, level), x in series.items()
         if name != Sink.name
     )
-    lines += ["", f"Load generator CPU (median, one core = 100%): {cpu}."]
-    foreign = max((r.foreign_cpu for r in runs), default=0.0)
-    mean_foreign = statistics.fmean(r.foreign_cpu for r in runs) if runs else 0.0
+    server_cpu = ", ".join(
+        f"{name} c={level} {x.server_cpu:.0f}%"
+        for (name, level), x in series.items()
+        if name != Sink.name
+    )
     lines += [
         "",
-        "CPU used by other processes on the machine during the runs: mean "
-        f"{mean_foreign * 100:.0f}%, at most {foreign * 100:.0f}% of one core"
-        + (" — NOT a quiet machine, the figures are disturbed." if mean_foreign > 0.15 else "."),
+        f"Server CPU during the load (median, one core = 100%; both cores = 200%): {server_cpu}.",
+        "",
+        f"Load generator CPU (median): {cpu}.",
+    ]
+    foreign = max((r.foreign_cpu for r in runs), default=0.0)
+    mean_foreign = statistics.fmean(r.foreign_cpu for r in runs) if runs else 0.0
+    disturbed = sum(r.foreign_cpu > DISTURBED for r in runs)
+    lines += [
+        "",
+        "CPU used by other processes (and the kernel's threads) during the kept runs: mean "
+        f"{mean_foreign * 100:.0f}%, at most {foreign * 100:.0f}% of one core; "
+        + (
+            f"{disturbed} of {len(runs)} runs above {DISTURBED * 100:.0f}% even after "
+            "retries (⚠ in the table): NOT a quiet machine, those figures are disturbed."
+            if disturbed
+            else f"every kept run below {DISTURBED * 100:.0f}% (a run above it is run again)."
+        ),
     ]
     lines += ["", *notes] if notes else []
     return "\n".join(lines)
