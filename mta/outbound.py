@@ -908,8 +908,10 @@ class QueueRunner:
                 retry = []
             elif any(o.busy for _, o, _ in retry):
                 # A domain had no free connection slot: its recipients were not tried; they
-                # are due again shortly (the store still counts the attempt).
+                # are due again shortly.
                 retry_at = min(retry_at, now + BUSY_RETRY)
+        # Nothing was tried at all (every domain busy): not an attempt, the backoff stays.
+        untried = bool(retry) and not delivered and not failed and all(o.busy for _, o, _ in retry)
         warn = bool(retry) and self.policy.delay_warning_due(
             entry.created_at, now, entry.delay_warned
         )
@@ -948,6 +950,7 @@ class QueueRunner:
                 retry_at,
                 recipients=kept if len(kept) != len(entry.recipients) else None,
                 delay_warned=True if warn else None,
+                count_attempt=not untried,
             )
         elif failed:
             ok = await self.store.fail_queue_entry(

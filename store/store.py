@@ -1224,11 +1224,14 @@ class Store(DirectoryStateStore, AddressBookStore):
         *,
         recipients: Sequence[Recipient] | None = None,
         delay_warned: bool | None = None,
+        count_attempt: bool = True,
     ) -> bool:
         """Try again at ``retry_at``. False if the claim was lost.
 
         ``recipients``, when given, replaces the entry's recipients (those still to deliver
-        after a partial attempt); ``delay_warned`` records that the "delayed" DSN was sent."""
+        after a partial attempt); ``delay_warned`` records that the "delayed" DSN was sent;
+        ``count_attempt=False`` puts back an entry that was not tried at all (no connection
+        slot for its domain), so its backoff does not grow."""
         return await self._finish_queue_entry(
             entry_id,
             worker,
@@ -1237,6 +1240,7 @@ class Store(DirectoryStateStore, AddressBookStore):
             retry_at=retry_at,
             recipients=recipients,
             delay_warned=delay_warned,
+            count_attempt=count_attempt,
         )
 
     async def _finish_queue_entry(
@@ -1249,10 +1253,11 @@ class Store(DirectoryStateStore, AddressBookStore):
         retry_at: datetime | None = None,
         recipients: Sequence[Recipient] | None = None,
         delay_warned: bool | None = None,
+        count_attempt: bool = True,
     ) -> bool:
         values: dict[str, Any] = {
             "status": status.value,
-            "attempts": outbound_queue.c.attempts + 1,
+            "attempts": outbound_queue.c.attempts + (1 if count_attempt else 0),
             "claimed_by": None,
             "claimed_until": None,
             "last_error": last_error,

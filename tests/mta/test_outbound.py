@@ -852,6 +852,7 @@ async def test_a_busy_domain_never_holds_a_worker(
     assert "connection limit reached" in deferred.last_error
     assert deferred.next_attempt_at - before <= BUSY_RETRY + timedelta(seconds=2)
     assert peer_handler.commands == []
+    assert deferred.attempts == 0  # not tried: its backoff must not grow
 
     limits.release(VALID)
     await env.store.retry_queue_entry(entry.id)
