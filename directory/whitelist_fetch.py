@@ -71,6 +71,8 @@ LEASE: Final = "whitelist-fetch"
 READ_CHUNK: Final = 64 * 1024
 FAILURE_RETRY: Final = 300.0
 """Seconds before trying again after a failed or refused download (capped by refresh_interval)."""
+NO_COPY_RETRY: Final = 1.0
+"""Seconds between looks at the store while another process downloads and we have no copy."""
 LEASE_RETRY: Final = 60.0
 """Seconds before looking again while another process holds the download lease."""
 FUTURE_TOLERANCE: Final = timedelta(days=1)
@@ -714,6 +716,10 @@ class WhitelistKeeper:
         if result is None or result.outcome in (Outcome.FAILED, Outcome.REJECTED):
             return min(interval, FAILURE_RETRY)
         if result.outcome is Outcome.SKIPPED and "another process" in result.detail:
+            if self._current is None:
+                # Nothing to serve yet (a process starting beside the one downloading): look
+                # at the store again shortly, the MTA answers 451 until then.
+                return min(interval, NO_COPY_RETRY)
             return min(interval, LEASE_RETRY)
         checked = _meta_time(self._meta, "checked_at")
         if checked is None:

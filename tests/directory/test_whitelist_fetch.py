@@ -604,9 +604,15 @@ async def test_download_waits_while_another_process_holds_the_lease(
     assert result.outcome is Outcome.SKIPPED
     assert "another process" in result.detail
     assert server.requests == []
-    assert keeper.next_delay(result) == 60.0
+    # No copy to serve yet (a process starting beside the one downloading): look again soon.
+    assert keeper.next_delay(result) == 1.0
     await store.release_lease(LEASE, "other-host:1")
     assert (await keeper.refresh()).outcome is Outcome.UPDATED
+    # With a copy in use, there is no hurry.
+    assert await store.acquire_lease(LEASE, "other-host:1", timedelta(minutes=5))
+    again = await keeper.refresh(force=True)
+    assert again.outcome is Outcome.SKIPPED
+    assert keeper.next_delay(again) == 60.0
 
 
 async def test_due_refresh_happens_after_the_interval(
