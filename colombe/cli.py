@@ -761,9 +761,9 @@ def pki_check(
         anchors = load_certificate_file(Path(trust_file))
     except PkiError as exc:
         raise click.ClickException(str(exc)) from None
-    roots = [c for c in anchors if c.issuer == c.subject]
-    intermediates = [c for c in anchors if c.issuer != c.subject]
-    verifier = Verifier(TrustStore(roots, intermediates), CrlCache(), required_policies=policies)
+    verifier = Verifier(
+        TrustStore.from_certificates(anchors), CrlCache(), required_policies=policies
+    )
     verdict = asyncio.run(verifier.verify(certs[0], certs[1:], role=Role(role)))
     if as_json:
         emit_json(

@@ -96,9 +96,8 @@ def build_verifier(config: Config) -> Verifier:
     """The IGC-Santé trust anchors of ``tls.trust_file`` and the CRLs of ``tls.crl_dir``."""
     _, _, trust_path = _tls_paths(config)
     certificates = load_certificate_file(trust_path)
-    roots = [c for c in certificates if c.issuer == c.subject]
-    intermediates = [c for c in certificates if c.issuer != c.subject]
-    if not roots:
+    trust = TrustStore.from_certificates(certificates)
+    if not trust.roots:
         raise ConfigError(f"tls.trust_file {trust_path}: no root certificate in it")
     crls = CrlCache()
     if config.tls.crl_dir:
@@ -115,7 +114,7 @@ def build_verifier(config: Config) -> Verifier:
                 crls.add(crl, issuer)
             except Exception as exc:
                 log.warning("CRL %s not loaded: %s", path.name, exc)
-    return Verifier(TrustStore(roots, intermediates), crls)
+    return Verifier(trust, crls)
 
 
 def services(config: Config, store: Store) -> MtaServices:

@@ -7,7 +7,6 @@ through :func:`mask` first. The message body is never shown.
 
 from __future__ import annotations
 
-import re
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,20 +14,18 @@ from typing import Any
 import click
 
 from colombe.clikit import actor, emit_json, emit_table, json_option, jsonable, with_store
+from mta.schedule import redact
 from store import QueueEntry, Store
 from store.model import QueueStatus
 
-PATIENT_DOMAIN = "patient.mssante.fr"
-_PATIENT_ADDRESS = re.compile(r"[^\s<>;:,\"'()\[\]@]+@(patient\.mssante\.fr)\b", re.IGNORECASE)
 LAST_ERROR_WIDTH = 50
 PENDING = (QueueStatus.QUEUED, QueueStatus.CLAIMED, QueueStatus.FAILED)
 
 
 def mask(text: str | None) -> str | None:
-    """``text`` with the local part (the INS) of every patient address replaced by ``***``."""
-    if text is None:
-        return None
-    return _PATIENT_ADDRESS.sub(lambda m: f"***@{m.group(1).lower()}", text)
+    """``text`` without an INS (:func:`mta.schedule.redact`: patient local parts and INS-shaped
+    runs become ``***``)."""
+    return None if text is None else redact(text)
 
 
 def _age(delta: timedelta) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -19,9 +18,10 @@ from mta import headers, policy, replies
 from mta.audit import AuditWriter
 from mta.dsn import Action, RecipientReport, build_dsn, dsn_requested
 from mta.dsn_params import RcptParams, format_envid, format_notify, format_orcpt
-from mta.policy import PATIENT_DOMAIN, RouteKind, mss_headers
+from mta.policy import RouteKind, mss_headers
 from mta.received import received_header, with_protocol
 from mta.replies import Reply
+from mta.schedule import redact
 from mta.smtpd import AcceptedRecipient, Envelope, Message, Session
 from store import Store
 from store.errors import BalNotFound
@@ -34,22 +34,6 @@ class ReportSink(Protocol):
     """Where DSNs go (:class:`mta.reports.ReportSender`)."""
 
     async def send(self, envelope_sender: str, report: bytes) -> None: ...
-
-
-def mask(address: str) -> str:
-    """An address fit for logs and the audit trail: a patient's local part is an INS."""
-    local, _, domain = address.rpartition("@")
-    if domain.lower() == PATIENT_DOMAIN:
-        return f"{local[:2]}***@{domain}" if local else address
-    return address
-
-
-_PATIENT_ADDRESS = re.compile(r"[^\s<>@\"'(),;:]+@patient\.mssante\.fr", re.IGNORECASE)
-
-
-def mask_text(text: str) -> str:
-    """``text`` (a reply we sent, which may quote an address) with patient addresses masked."""
-    return _PATIENT_ADDRESS.sub(lambda m: mask(m.group()), text)
 
 
 DOMAINS_TTL = 10.0
@@ -217,6 +201,43 @@ class Receiver:
             self.on_queued()
         return entry.id
 
+    async def accept(
+        self,
+        action: str,
+        session: Session,
+        envelope: Envelope,
+        message: Message,
+        fields: list[tuple[str, str]],
+        queue_id: str,
+        *,
+        sender_bal: str | None = None,
+    ) -> Reply:
+        """Store a received message for every recipient (local ones delivered, the others
+        queued), audit the exchange, send the success DSNs; the reply to give: 250 once all
+        of it is durable, 451 if the store failed."""
+        local = [r for r in envelope.recipients if r.kind is RouteKind.LOCAL]
+        remote = [r for r in envelope.recipients if r.kind is not RouteKind.LOCAL]
+        try:
+            if remote:
+                await self.enqueue(envelope, message, remote, sender_bal=sender_bal)
+            await self.deliver(envelope, message, local)
+        except Exception:
+            log.exception("message %s could not be stored", queue_id)
+            self.record(action, session, envelope, message, fields, queue_id, result="error")
+            return replies.STORE_UNAVAILABLE
+        self.record(
+            action,
+            session,
+            envelope,
+            message,
+            fields,
+            queue_id,
+            local=len(local),
+            queued=len(remote),
+        )
+        await self.report_delivered(envelope, message, local)
+        return replies.accepted(queue_id)
+
     async def report_delivered(
         self, envelope: Envelope, message: Message, delivered: Sequence[AcceptedRecipient]
     ) -> None:
@@ -264,7 +285,7 @@ class Receiver:
             )
             await self.reports.send(envelope.mail_from, report)
         except Exception:
-            log.exception("success DSN for %s could not be sent", mask(envelope.mail_from))
+            log.exception("success DSN for %s could not be sent", redact(envelope.mail_from))
 
     def record(
         self,
@@ -287,8 +308,8 @@ class Receiver:
             "tls": session.tls_version,
             "cipher": session.tls_cipher,
             "peer_dn": session.peer_dn,
-            "mail_from": mask(envelope.mail_from),
-            "recipients": [mask(r.address) for r in envelope.recipients][:20],
+            "mail_from": redact(envelope.mail_from),
+            "recipients": [redact(r.address) for r in envelope.recipients][:20],
             "size": message.size,
             "message_id": headers.message_id(header_fields),
             "local": local,

@@ -22,10 +22,11 @@ import ssl
 from collections.abc import Mapping
 
 from mta import policy, replies
-from mta.delivery import HostedDomains, Receiver, mask, mask_text
+from mta.delivery import HostedDomains, Receiver
 from mta.dsn_params import MailParams, RcptParams
 from mta.policy import RouteKind, WhitelistView
 from mta.replies import Reply
+from mta.schedule import redact
 from mta.smtpd import AcceptedRecipient, Envelope, Message, SaslMechanism, Session
 from pki.verify import Reason, Role, Verifier, match_listed_dn
 
@@ -109,25 +110,9 @@ class MxHandler:
         self, session: Session, envelope: Envelope, message: Message, queue_id: str
     ) -> Reply:
         fields = await self.receiver.header_fields(message)
-        try:
-            await self.receiver.deliver(envelope, message, envelope.recipients)
-        except Exception:
-            log.exception("inbound message %s could not be stored", queue_id)
-            self.receiver.record(
-                "mta.inbound", session, envelope, message, fields, queue_id, result="error"
-            )
-            return replies.STORE_UNAVAILABLE
-        self.receiver.record(
-            "mta.inbound",
-            session,
-            envelope,
-            message,
-            fields,
-            queue_id,
-            local=len(envelope.recipients),
+        return await self.receiver.accept(
+            "mta.inbound", session, envelope, message, fields, queue_id
         )
-        await self.receiver.report_delivered(envelope, message, envelope.recipients)
-        return replies.accepted(queue_id)
 
     def on_refusal(self, session: Session, stage: str, reply: Reply) -> None:
         self.receiver.audit.record(
@@ -138,7 +123,7 @@ class MxHandler:
             detail={
                 "session": session.id,
                 "stage": stage,
-                "reply": mask_text(str(reply))[:200],
+                "reply": redact(str(reply))[:200],
                 "tls": session.tls_version,
                 "peer_dn": session.peer_dn,
                 "cert": session.cert_verdict.reason.value if session.cert_verdict else None,
@@ -161,6 +146,3 @@ class MxHandler:
                 "error": (verdict.detail if verdict else type(error).__name__)[:200],
             },
         )
-
-
-__all__ = ["HostedDomains", "MxHandler", "mask"]

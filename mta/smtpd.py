@@ -103,6 +103,8 @@ class Session:
     # The MX's judgement of the client certificate, given once after the TLS handshake.
     cert_verdict: Verdict | None = None
     user: str | None = None  # the authenticated BAL address (submission)
+    # The BALs ``user`` may send as (submission: looked up at MAIL, checked again on From:).
+    send_as: list[str] | None = None
     auth_mechanism: str | None = None
     messages: int = 0
 
@@ -417,6 +419,7 @@ class Connection:
         self.envelope: Envelope | None = None
         self._buf = bytearray()
         self._out: list[bytes] = []
+        self._out_size = 0
         self._eof = False
 
     # -- I/O --------------------------------------------------------------------------------------
@@ -424,7 +427,9 @@ class Connection:
     # client gets the replies to a batch of commands in one write (one TLS record, one syscall).
 
     def queue(self, reply: Reply | bytes) -> None:
-        self._out.append(reply.wire() if isinstance(reply, Reply) else reply)
+        data = reply.wire() if isinstance(reply, Reply) else reply
+        self._out.append(data)
+        self._out_size += len(data)
         if reply is replies.CLOSING or (isinstance(reply, Reply) and reply.code == 421):
             self.said_goodbye = True
 
@@ -432,6 +437,7 @@ class Connection:
         if self._out:
             data = b"".join(self._out)
             self._out.clear()
+            self._out_size = 0
             self.writer.write(data)
 
     async def _flush(self) -> None:
@@ -446,7 +452,7 @@ class Connection:
 
     async def _send(self, reply: Reply | bytes) -> None:
         self.queue(reply)
-        if sum(len(chunk) for chunk in self._out) > READ_SIZE:
+        if self._out_size > READ_SIZE:
             await self._flush()
 
     async def _fill(self, deadline: float | None = None) -> None:

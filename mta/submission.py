@@ -19,11 +19,12 @@ import ssl
 from collections.abc import Mapping
 
 from mta import policy, replies
-from mta.delivery import HostedDomains, Receiver, mask_text
+from mta.delivery import HostedDomains, Receiver
 from mta.dsn_params import MailParams, RcptParams
 from mta.headers import from_addresses
 from mta.policy import RouteKind, WhitelistView
 from mta.replies import Reply
+from mta.schedule import redact
 from mta.smtpd import (
     AcceptedRecipient,
     AuthUnavailable,
@@ -55,7 +56,6 @@ class SubmissionHandler:
         self.mechanisms = mechanisms
         self.limit = max_message_size
         self.domains = HostedDomains(receiver.store)
-        self._rights: dict[str, list[str]] = {}
 
     async def check_password(self, login: str, password: str) -> str | None:
         """The SASL PLAIN/LOGIN check: the login is the BAL address."""
@@ -78,14 +78,10 @@ class SubmissionHandler:
     async def _send_rights(self, session: Session, *, fresh: bool) -> list[str]:
         """The BALs the user may send as; looked up at MAIL, reused for the transaction's
         From: check."""
-        rights = self._rights.get(session.id) if not fresh else None
-        if rights is None:
+        if fresh or session.send_as is None:
             assert session.user is not None
-            rights = await self._may_send_as(session.user)
-            self._rights[session.id] = rights
-            if len(self._rights) > 10_000:  # sessions that ended: forget the oldest
-                del self._rights[next(iter(self._rights))]
-        return rights
+            session.send_as = await self._may_send_as(session.user)
+        return session.send_as
 
     async def on_tls(self, session: Session, ssl_object: ssl.SSLObject) -> None:
         return None
@@ -155,30 +151,9 @@ class SubmissionHandler:
                 "mta.submission", session, envelope, message, fields, queue_id, result="refused"
             )
             return refusal
-        local = [r for r in envelope.recipients if r.kind is RouteKind.LOCAL]
-        remote = [r for r in envelope.recipients if r.kind is not RouteKind.LOCAL]
-        try:
-            if remote:
-                await self.receiver.enqueue(envelope, message, remote, sender_bal=session.user)
-            await self.receiver.deliver(envelope, message, local)
-        except Exception:
-            log.exception("submitted message %s could not be stored", queue_id)
-            self.receiver.record(
-                "mta.submission", session, envelope, message, fields, queue_id, result="error"
-            )
-            return replies.STORE_UNAVAILABLE
-        self.receiver.record(
-            "mta.submission",
-            session,
-            envelope,
-            message,
-            fields,
-            queue_id,
-            local=len(local),
-            queued=len(remote),
+        return await self.receiver.accept(
+            "mta.submission", session, envelope, message, fields, queue_id, sender_bal=session.user
         )
-        await self.receiver.report_delivered(envelope, message, local)
-        return replies.accepted(queue_id)
 
     def on_refusal(self, session: Session, stage: str, reply: Reply) -> None:
         self.receiver.audit.record(
@@ -187,7 +162,7 @@ class SubmissionHandler:
             bal=session.user,
             source=session.peer_ip,
             result="refused",
-            detail={"session": session.id, "stage": stage, "reply": mask_text(str(reply))[:200]},
+            detail={"session": session.id, "stage": stage, "reply": redact(str(reply))[:200]},
         )
 
     def on_tls_failure(self, session: Session, error: ssl.SSLError) -> None:

@@ -104,6 +104,16 @@ class TrustStore:
         self.intermediates = list(intermediates)
         self._root_fps = {_fp(r) for r in self.roots}
 
+    @classmethod
+    def from_certificates(cls, certificates: Iterable[x509.Certificate]) -> TrustStore:
+        """A trust file's certificates: the self-signed ones are roots, the others
+        intermediates."""
+        certificates = list(certificates)
+        return cls(
+            [c for c in certificates if c.issuer == c.subject],
+            [c for c in certificates if c.issuer != c.subject],
+        )
+
     def is_root(self, cert: x509.Certificate) -> bool:
         return _fp(cert) in self._root_fps
 
