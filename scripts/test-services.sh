@@ -19,6 +19,13 @@ if ! command -v swaks >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q swaks
 fi
 
+# Debian's IMAP clients: the IMAP server is tested with mbsync (isync) and offlineimap, as users
+# synchronise with it.
+if ! command -v mbsync >/dev/null || ! command -v offlineimap >/dev/null; then
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q isync offlineimap3
+fi
+
 # Debian's OpenLDAP server: the directory publication tests start their own slapd on 127.0.0.1.
 # The package's own instance is not wanted (it would listen on every interface): stop it.
 if [ ! -x /usr/sbin/slapd ]; then

@@ -45,6 +45,14 @@ class FolderWatch:
         self.modseq = max(self.modseq, modseq)
         self._event.set()
 
+    def take(self) -> bool:
+        """True, once, when a change arrived since the previous ``wait`` or ``take``: lets a
+        session skip the query of a poll (IMAP NOOP) when nothing happened."""
+        if self._event.is_set():
+            self._event.clear()
+            return True
+        return False
+
     async def wait(self, timeout: float | None = None) -> bool:
         """True when a change arrived (since the previous wait), False on timeout."""
         try:

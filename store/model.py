@@ -152,6 +152,17 @@ class Folder:
 
 
 @dataclass(frozen=True, slots=True)
+class FolderTotals:
+    """A folder with its counts: messages, unseen, flagged \\Deleted, and octets."""
+
+    folder: Folder
+    messages: int
+    unseen: int
+    deleted: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryResult:
     """What a durable delivery produced: the message is committed and its blob fsync'd."""
 

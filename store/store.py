@@ -52,6 +52,7 @@ from store.model import (
     FlagChange,
     Folder,
     FolderChanges,
+    FolderTotals,
     MessageInfo,
     Placement,
     QueueEntry,
@@ -910,6 +911,26 @@ class Store(DirectoryStateStore, AddressBookStore):
             ).one()
         return _folder(row), int(counts[0]), int(counts[1])
 
+    async def folder_totals(self, folder_id: int) -> FolderTotals:
+        """The folder row and its counts (IMAP SELECT and STATUS, RFC 9051 §6.3.11)."""
+        seen, deleted = int(Flag.SEEN), int(Flag.DELETED)
+        flags = messages.c.flags
+        async with self.db.reader.connect() as conn:
+            row = (await conn.execute(select(folders).where(folders.c.id == folder_id))).first()
+            if row is None:
+                raise StoreError(f"folder {folder_id} does not exist")
+            counts = (
+                await conn.execute(
+                    select(
+                        func.count(),
+                        func.coalesce(func.sum(case((flags.op("&")(seen) == 0, 1), else_=0)), 0),
+                        func.coalesce(func.sum(case((flags.op("&")(deleted) != 0, 1), else_=0)), 0),
+                        func.coalesce(func.sum(messages.c.size), 0),
+                    ).where(messages.c.folder_id == folder_id)
+                )
+            ).one()
+        return FolderTotals(_folder(row), *(int(c) for c in counts))
+
     async def read_message(self, message: MessageInfo) -> bytes:
         return await self.blobs.read(message.blob)
 
@@ -1032,6 +1053,102 @@ class Store(DirectoryStateStore, AddressBookStore):
             await self._notify(conn, folder_id, top)
         self.changes.publish(folder_id, top)
         return found
+
+    async def copy_messages(
+        self, source_id: int, uids: Sequence[int], target_id: int, *, move: bool = False
+    ) -> list[tuple[int, int]]:
+        """Copy (or move) messages to another folder; returns ``(source UID, new UID)`` pairs.
+
+        The copies share the blobs, keep flags, keywords and INTERNALDATE (RFC 9051 §6.4.7) and
+        get UIDs and MODSEQs of the target. A move removes the originals in the same transaction
+        (RFC 6851: never a state where the message is in both folders, or in neither)."""
+        if source_id == target_id and move:
+            return []
+        pairs: list[tuple[int, int]] = []
+        async with self.db.writer.begin() as conn:
+            # Lock in id order, as the group committer does: two movers cannot deadlock.
+            for folder_id in sorted({source_id, target_id}):
+                await self._lock_folder(conn, folder_id)
+            originals: list[Any] = []
+            for chunk in _chunks(sorted(set(uids))):
+                originals.extend(
+                    (
+                        await conn.execute(
+                            select(messages)
+                            .where(messages.c.folder_id == source_id, messages.c.uid.in_(chunk))
+                            .order_by(messages.c.uid)
+                        )
+                    ).all()
+                )
+            if not originals:
+                return []
+            n = len(originals)
+            allocated = (
+                await conn.execute(
+                    update(folders)
+                    .where(folders.c.id == target_id)
+                    .values(
+                        uid_next=folders.c.uid_next + n,
+                        highest_modseq=folders.c.highest_modseq + n,
+                    )
+                    .returning(folders.c.uid_next, folders.c.highest_modseq)
+                )
+            ).one()
+            first_uid, first_modseq = allocated.uid_next - n, allocated.highest_modseq - n + 1
+            rows = []
+            for i, original in enumerate(originals):
+                row = dict(original._mapping)
+                del row["id"]
+                row.update(folder_id=target_id, uid=first_uid + i, modseq=first_modseq + i)
+                rows.append(row)
+                pairs.append((original.uid, first_uid + i))
+            await conn.execute(insert(messages), rows)
+            await self._notify(conn, target_id, allocated.highest_modseq)
+            source_top = None
+            if move:
+                source_top = (
+                    await conn.execute(
+                        update(folders)
+                        .where(folders.c.id == source_id)
+                        .values(highest_modseq=folders.c.highest_modseq + 1)
+                        .returning(folders.c.highest_modseq)
+                    )
+                ).scalar_one()
+                moved = [uid for uid, _ in pairs]
+                for chunk in _chunks(moved):
+                    await conn.execute(
+                        delete(messages).where(
+                            messages.c.folder_id == source_id, messages.c.uid.in_(chunk)
+                        )
+                    )
+                await conn.execute(
+                    insert(expunged),
+                    [{"folder_id": source_id, "uid": u, "modseq": source_top} for u in moved],
+                )
+                await self._notify(conn, source_id, source_top)
+        self.changes.publish(target_id, allocated.highest_modseq)
+        if source_top is not None:
+            self.changes.publish(source_id, source_top)
+        return pairs
+
+    async def set_subscribed(self, folder_id: int, subscribed: bool) -> None:
+        async with self.db.writer.begin() as conn:
+            await conn.execute(
+                update(folders).where(folders.c.id == folder_id).values(subscribed=subscribed)
+            )
+
+    async def usage(self, bal: str) -> tuple[int, int]:
+        """Octets and messages a BAL holds, all folders together (IMAP QUOTA, RFC 9208)."""
+        owner = await self.get_bal(bal)
+        async with self.db.reader.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(func.coalesce(func.sum(messages.c.size), 0), func.count())
+                    .select_from(messages.join(folders, folders.c.id == messages.c.folder_id))
+                    .where(folders.c.bal_id == owner.id)
+                )
+            ).one()
+        return int(row[0]), int(row[1])
 
     async def changes_since(self, folder_id: int, modseq: int) -> FolderChanges:
         """Flag changes and expunges after ``modseq`` (new messages show up as changes too)."""

@@ -1,0 +1,1308 @@
+"""One IMAP connection: the RFC 9051 §3 state machine over asyncio streams.
+
+The pure parser (:mod:`imap.parser`) turns octets into commands; this module checks each against
+the session state, runs it on the store and writes the responses formatted by
+:mod:`imap.response`. Commands run one at a time, in order. Untagged updates about the selected
+mailbox (:mod:`imap.selected`) go out at the end of each command and during IDLE, as soon as
+the store's change feed reports a change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import enum
+import logging
+import secrets
+import ssl
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from imap import response, search, sections, sequence, utf7
+from imap.mailboxes import (
+    DELIMITER,
+    SHARED_PREFIX,
+    Namespace,
+    NoPermission,
+    NoSuchMailbox,
+    Target,
+    has_children,
+    matches,
+)
+from imap.model import (
+    Append,
+    Authenticate,
+    Command,
+    ContinuationNeeded,
+    Copy,
+    Create,
+    Enable,
+    Event,
+    Expunge,
+    Fetch,
+    FetchAttr,
+    GetQuota,
+    Id,
+    IdleDone,
+    ListCommand,
+    Login,
+    MailboxCommand,
+    ParseError,
+    QResyncParams,
+    Rename,
+    Search,
+    Section,
+    Select,
+    SequenceSet,
+    Simple,
+    Status,
+    Store,
+    Unknown,
+)
+from imap.parser import CommandParser
+from imap.selected import Modes, SelectedMailbox
+from imap.server import AuthUnavailable
+from store.errors import FolderExists, InvalidInput, StoreError
+from store.model import Flag, MessageInfo
+
+if TYPE_CHECKING:
+    from imap.server import ImapServer
+
+log = logging.getLogger(__name__)
+
+WRITE_HIGH_WATER = 256 * 1024
+SERVER_ID = (("name", "Colombe"), ("vendor", "Colombe"), ("support-url", "https://colombe.dev"))
+
+
+class State(enum.Enum):
+    NOT_AUTHENTICATED = "not authenticated"
+    AUTHENTICATED = "authenticated"
+    SELECTED = "selected"
+    LOGOUT = "logout"
+
+
+class Closed(Exception):
+    """The client went away, or we said BYE."""
+
+
+_ANY = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "ID"})
+_NOT_AUTHENTICATED = frozenset({"STARTTLS", "AUTHENTICATE", "LOGIN"})
+_AUTHENTICATED = frozenset(
+    {"ENABLE", "SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE"}
+    | {"LIST", "LSUB", "NAMESPACE", "STATUS", "APPEND", "IDLE", "GETQUOTA", "GETQUOTAROOT"}
+)
+_SELECTED = frozenset(
+    {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE"}
+)
+# RFC 9051 §7.5.1: no EXPUNGE response while these run by sequence number.
+_NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH"})
+
+_BASE_CAPABILITIES = "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE"
+_AUTHENTICATED_CAPABILITIES = (
+    "IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN LIST-EXTENDED LIST-STATUS SPECIAL-USE "
+    "ESEARCH SEARCHRES CONDSTORE QRESYNC QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE BINARY "
+    "STATUS=SIZE WITHIN"
+)
+_STATUS_ITEMS = frozenset(
+    {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ"}
+)
+_ENABLEABLE = {"CONDSTORE", "QRESYNC", "IMAP4REV2"}
+_FLAGS_RESPONSE = b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n"
+_PERMANENT = (
+    b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Limited\r\n"
+)
+
+
+class Session:
+    def __init__(
+        self,
+        server: ImapServer,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        ip: str,
+    ) -> None:
+        self.server = server
+        self.store = server.store
+        self.limits = server.limits
+        self.reader = reader
+        self.writer = writer
+        self.ip = ip
+        self.id = secrets.token_hex(6)
+        self.task: asyncio.Task[None] | None = None
+        self.state = State.NOT_AUTHENTICATED
+        self.tls = False
+        self.user: str | None = None
+        self.namespace: Namespace | None = None
+        self.selected: SelectedMailbox | None = None
+        self._watch_cm: contextlib.AbstractAsyncContextManager[object] | None = None
+        self.modes = Modes()
+        self.parser = CommandParser(
+            max_line_length=self.limits.max_line_length,
+            max_literal_size=self.limits.max_login_literal,
+            max_command_size=self.limits.max_login_literal * 2 + self.limits.max_line_length,
+        )
+        self.out = bytearray()
+        self.errors = 0
+        self.auth_failures = 0
+
+    # -- output --------------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        self.out += data
+
+    async def flush(self) -> None:
+        if self.out:
+            self.writer.write(bytes(self.out))
+            self.out.clear()
+        await self.writer.drain()
+
+    async def maybe_flush(self) -> None:
+        if len(self.out) >= WRITE_HIGH_WATER:
+            await self.flush()
+
+    def tagged(self, tag: str, status: str, text: str, code: str | None = None) -> None:
+        code_part = f"[{code}] " if code else ""
+        self.send(f"{tag} {status} {code_part}{text}\r\n".encode())
+
+    def bad(self, tag: str | None, text: str, code: str | None = None) -> None:
+        self.errors += 1
+        self.tagged(tag or "*", "BAD", text, code)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def capabilities(self) -> str:
+        caps = [_BASE_CAPABILITIES]
+        if self.state is State.NOT_AUTHENTICATED:
+            if not self.tls:
+                caps.append("STARTTLS LOGINDISABLED")
+            else:
+                caps.extend(f"AUTH={name}" for name in self.server.mechanisms)
+        else:
+            caps.append(_AUTHENTICATED_CAPABILITIES)
+            caps.append(f"APPENDLIMIT={self.limits.max_message_size}")
+        return " ".join(caps)
+
+    async def run(self) -> None:
+        try:
+            if self.server.implicit_tls:
+                assert self.server.tls_context is not None
+                await self._start_tls(self.server.tls_context)
+            self.send(f"* OK [CAPABILITY {self.capabilities()}] Colombe IMAP ready\r\n".encode())
+            await self.flush()
+            while self.state is not State.LOGOUT:
+                data = await self._read()
+                await self._handle(self.parser.feed(data))
+                await self.flush()
+        except Closed:
+            pass
+        except asyncio.CancelledError:
+            if self.server.stopping:
+                self.send(b"* BYE [UNAVAILABLE] Server shutting down\r\n")
+            raise
+        except StoreError:
+            log.exception("IMAP session %s: store failure", self.id)
+            self.send(b"* BYE [UNAVAILABLE] Internal error, try again later\r\n")
+
+    async def close(self) -> None:
+        await self._unselect()
+        if self.user is not None:
+            self.server.budget.release_user(self.user)
+            self.user = None
+        with contextlib.suppress(Exception):
+            if self.out:
+                self.writer.write(bytes(self.out))
+                self.out.clear()
+                await asyncio.wait_for(self.writer.drain(), 2)
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.writer.wait_closed(), 1)
+
+    def _timeout(self) -> float:
+        if self.state is State.NOT_AUTHENTICATED:
+            return self.limits.login_timeout
+        return self.limits.timeout
+
+    async def _read(self) -> bytes:
+        try:
+            async with asyncio.timeout(self._timeout()):
+                data = await self.reader.read(65536)
+        except TimeoutError:
+            self.send(b"* BYE Autologout; idle for too long\r\n")
+            raise Closed from None
+        if not data:
+            raise Closed
+        return data
+
+    async def _handle(self, events: list[Event]) -> None:
+        queue = deque(events)
+        while queue and self.state is not State.LOGOUT:
+            event = queue.popleft()
+            if isinstance(event, ContinuationNeeded):
+                refusal = self._literal_refusal(event)
+                if refusal is None:
+                    self.send(b"+ Ready for literal data\r\n")
+                    await self.flush()
+                else:
+                    self.bad(event.tag, refusal[1], refusal[0])
+                    self.parser.reject_literal()
+                queue.extend(self.parser.feed(b""))
+            elif isinstance(event, ParseError):
+                self.bad(event.tag, event.text, event.code)
+            elif isinstance(event, IdleDone):
+                self.bad(None, "DONE without IDLE")
+            else:
+                leftover = await self._run_command(event)
+                if leftover:
+                    queue.extendleft(reversed(leftover))
+            if self.errors >= self.limits.max_errors:
+                self.send(b"* BYE Too many errors\r\n")
+                raise Closed
+            await self.maybe_flush()
+
+    def _literal_refusal(self, event: ContinuationNeeded) -> tuple[str, str] | None:
+        if event.command == "APPEND" and self.state is State.NOT_AUTHENTICATED:
+            return ("CLIENTBUG", "APPEND needs authentication")
+        if event.command == "APPEND" and event.size > self.limits.max_message_size:
+            return ("TOOBIG", f"Message too large (limit {self.limits.max_message_size} octets)")
+        return None
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def _allowed(self, name: str) -> str | None:
+        """Why ``name`` may not run now, or None."""
+        base = name[4:] if name.startswith("UID ") else name
+        if base in _ANY:
+            return None
+        if base in _NOT_AUTHENTICATED:
+            return None if self.state is State.NOT_AUTHENTICATED else "Already authenticated"
+        if self.state is State.NOT_AUTHENTICATED:
+            return "Not authenticated" if base in _AUTHENTICATED | _SELECTED else None
+        if base in _SELECTED and self.state is not State.SELECTED:
+            return "No mailbox selected"
+        return None
+
+    async def _run_command(self, cmd: Command) -> list[Event] | None:
+        if isinstance(cmd, Unknown):
+            self.bad(cmd.tag, f"Unknown command {cmd.name[:40]}")
+            return None
+        refusal = self._allowed(cmd.name)
+        if refusal is not None:
+            self.bad(cmd.tag, refusal)
+            return None
+        leftover: list[Event] | None = None
+        try:
+            leftover = await self._dispatch(cmd)
+        except NoSuchMailbox:
+            self.tagged(cmd.tag, "NO", "Mailbox does not exist", "NONEXISTENT")
+        except NoPermission as exc:
+            self.tagged(cmd.tag, "NO", str(exc) or "Permission denied", "NOPERM")
+        except InvalidInput as exc:
+            self.tagged(cmd.tag, "NO", str(exc)[:200].replace("\r", " ").replace("\n", " "))
+        return leftover
+
+    async def _dispatch(self, cmd: Command) -> list[Event] | None:
+        match cmd:
+            case Simple(name="IDLE"):
+                return await self._idle(cmd.tag)
+            case Simple():
+                await self._simple(cmd)
+            case Login():
+                await self._login(cmd)
+            case Authenticate():
+                await self._authenticate(cmd)
+            case Enable():
+                self._enable(cmd)
+            case Id():
+                params = " ".join(f'"{k}" "{v}"' for k, v in SERVER_ID)
+                self.send(f"* ID ({params})\r\n".encode())
+                self.tagged(cmd.tag, "OK", "ID completed")
+            case Select():
+                await self._select(cmd)
+            case Create():
+                await self._create(cmd)
+            case MailboxCommand():
+                await self._mailbox_command(cmd)
+            case Rename():
+                await self._rename(cmd)
+            case ListCommand():
+                await self._list(cmd)
+            case Status():
+                await self._status(cmd)
+            case Append():
+                await self._append(cmd)
+            case Expunge():
+                await self._expunge(cmd.tag, cmd.uids)
+            case Search():
+                await self._search(cmd)
+            case Fetch():
+                await self._fetch(cmd)
+            case Store():
+                await self._store(cmd)
+            case Copy():
+                await self._copy(cmd)
+            case GetQuota():
+                await self._getquota(cmd)
+        return None
+
+    async def _updates(self, command: str) -> None:
+        """Untagged updates owed before the tagged completion of ``command``."""
+        if self.selected is not None:
+            allowed = command not in _NO_EXPUNGE_DURING
+            self.send(await self.selected.poll(self.modes, expunges_allowed=allowed))
+
+    # -- any state -----------------------------------------------------------------------------
+
+    async def _simple(self, cmd: Simple) -> None:
+        name, tag = cmd.name, cmd.tag
+        if name == "CAPABILITY":
+            self.send(f"* CAPABILITY {self.capabilities()}\r\n".encode())
+            self.tagged(tag, "OK", "CAPABILITY completed")
+        elif name == "NOOP" or name == "CHECK":
+            await self._updates(name)
+            self.tagged(tag, "OK", f"{name} completed")
+        elif name == "LOGOUT":
+            self.send(b"* BYE Colombe IMAP logging out\r\n")
+            self.tagged(tag, "OK", "LOGOUT completed")
+            self.state = State.LOGOUT
+        elif name == "STARTTLS":
+            await self._starttls(tag)
+        elif name == "NAMESPACE":
+            shared = response.string(self._wire_name(SHARED_PREFIX + DELIMITER))
+            self.send(b'* NAMESPACE (("" "/")) NIL ((%s "/"))\r\n' % shared)
+            self.tagged(tag, "OK", "NAMESPACE completed")
+        elif name == "CLOSE":
+            selected = self.selected
+            assert selected is not None
+            if not selected.read_only:
+                await self.store.expunge(selected.id)
+            await self._unselect()
+            self.tagged(tag, "OK", "CLOSE completed")
+        elif name == "UNSELECT":
+            await self._unselect()
+            self.tagged(tag, "OK", "UNSELECT completed")
+        elif name == "EXPUNGE":
+            await self._expunge(tag, None)
+
+    # -- not authenticated ---------------------------------------------------------------------
+
+    async def _starttls(self, tag: str) -> None:
+        context = self.server.tls_context
+        if context is None or self.tls:
+            self.bad(tag, "STARTTLS not available")
+            return
+        self.tagged(tag, "OK", "Begin TLS negotiation now")
+        await self.flush()
+        if self.parser.pending or self.reader._buffer:  # type: ignore[attr-defined]
+            # Commands sent in clear after STARTTLS would run as if sent over TLS
+            # (CVE-2011-0411 for IMAP: RFC 9051 §6.2.1 forbids pipelining past STARTTLS).
+            self.send(b"* BYE Commands pipelined after STARTTLS\r\n")
+            raise Closed
+        await self._start_tls(context)
+
+    async def _start_tls(self, context: ssl.SSLContext) -> None:
+        try:
+            async with asyncio.timeout(self.limits.login_timeout):
+                await self.writer.start_tls(context)
+        except (ssl.SSLError, TimeoutError, OSError):
+            raise Closed from None
+        self.tls = True
+
+    async def _login(self, cmd: Login) -> None:
+        if not self.tls:
+            self.tagged(cmd.tag, "NO", "LOGIN needs TLS (STARTTLS first)", "PRIVACYREQUIRED")
+            return
+        await self._authenticated_as(cmd.tag, lambda: self._check(cmd.username, cmd.password))
+
+    async def _check(self, login: str, password: str) -> str | None:
+        try:
+            return await self.server.password_check(login, password)
+        except AuthUnavailable:
+            raise
+        except Exception as exc:
+            raise AuthUnavailable(type(exc).__name__) from exc
+
+    async def _authenticate(self, cmd: Authenticate) -> None:
+        if not self.tls:
+            self.tagged(cmd.tag, "NO", "Authentication needs TLS", "PRIVACYREQUIRED")
+            return
+        mechanism = self.server.mechanisms.get(cmd.mechanism)
+        if mechanism is None:
+            self.tagged(cmd.tag, "NO", "Unsupported mechanism", "CANNOT")
+            return
+        initial: bytes | None = None
+        if cmd.initial_response is not None:
+            decoded = _b64(cmd.initial_response)
+            if decoded is None:
+                self.bad(cmd.tag, "Invalid base64 in initial response")
+                return
+            initial = decoded
+        cancelled = False
+
+        async def exchange(challenge: bytes) -> bytes | None:
+            nonlocal cancelled
+            self.send(b"+ " + base64.b64encode(challenge) + b"\r\n")
+            await self.flush()
+            line = await self._read_sasl_line()
+            if line == b"*":
+                cancelled = True
+                return None
+            decoded = _b64(line.decode("ascii", "replace"))
+            if decoded is None:
+                cancelled = True
+            return decoded
+
+        async def attempt() -> str | None:
+            return await mechanism.authenticate(initial, exchange)
+
+        await self._authenticated_as(cmd.tag, attempt, cancelled_flag=lambda: cancelled)
+
+    async def _read_sasl_line(self) -> bytes:
+        # A SASL response is a line outside the command grammar: read it from the parser's
+        # buffer first (pipelined), then the socket.
+        buffered = self.parser._buf
+        while True:
+            nl = buffered.find(b"\n")
+            if nl >= 0:
+                line = bytes(buffered[:nl]).rstrip(b"\r")
+                del buffered[: nl + 1]
+                return line
+            if len(buffered) > 16 * 1024:
+                self.send(b"* BYE SASL response too long\r\n")
+                raise Closed
+            buffered += await self._read()
+
+    async def _authenticated_as(
+        self,
+        tag: str,
+        attempt: Callable[[], Awaitable[str | None]],
+        cancelled_flag: Callable[[], bool] | None = None,
+    ) -> None:
+        throttle = self.server.throttle
+        if throttle.blocked(self.ip):
+            self.tagged(
+                tag, "NO", "Trop d'echecs d'authentification, reessayez plus tard", "UNAVAILABLE"
+            )
+            return
+        try:
+            user = await attempt()
+        except AuthUnavailable:
+            self.tagged(tag, "NO", "Authentication temporarily unavailable", "UNAVAILABLE")
+            return
+        if cancelled_flag is not None and cancelled_flag():
+            self.bad(tag, "Authentication cancelled")
+            return
+        if user is None:
+            self.auth_failures += 1
+            throttle.failed(self.ip)
+            await self.store.audit(
+                actor="imap", action="login", bal=None, source=self.ip, result="refused"
+            )
+            await self.flush()
+            # A delay after each failure slows password guessing.
+            await asyncio.sleep(self.limits.auth_failure_delay)
+            self.tagged(tag, "NO", "Identifiants invalides", "AUTHENTICATIONFAILED")
+            if self.auth_failures >= self.limits.max_auth_failures:
+                self.send(b"* BYE Too many authentication failures\r\n")
+                raise Closed
+            return
+        if not self.server.budget.acquire_user(user):
+            self.tagged(tag, "NO", "Trop de connexions pour ce compte", "LIMIT")
+            return
+        self.user = user
+        self.namespace = Namespace(self.store, user)
+        self.state = State.AUTHENTICATED
+        self.parser.max_literal_size = self.limits.max_message_size
+        self.parser.max_command_size = self.limits.max_message_size + 64 * 1024
+        await self.store.audit(actor="imap", action="login", bal=user, source=self.ip, result="ok")
+        self.tagged(tag, "OK", f"[CAPABILITY {self.capabilities()}] Logged in")
+
+    # -- authenticated -------------------------------------------------------------------------
+
+    def _enable(self, cmd: Enable) -> None:
+        enabled = []
+        for cap in cmd.capabilities:
+            if cap not in _ENABLEABLE:
+                continue
+            enabled.append(cap if cap != "IMAP4REV2" else "IMAP4rev2")
+            if cap == "CONDSTORE":
+                self.modes.condstore = True
+            elif cap == "QRESYNC":
+                self.modes.qresync = self.modes.condstore = True
+            elif cap == "IMAP4REV2":
+                self.modes.rev2 = True
+        if enabled:
+            self.send(f"* ENABLED {' '.join(enabled)}\r\n".encode())
+        else:
+            self.send(b"* ENABLED\r\n")
+        self.tagged(cmd.tag, "OK", "ENABLE completed")
+
+    def _name(self, wire: str) -> str:
+        """A mailbox name as the client sent it -> Unicode (RFC 3501 §5.1.3)."""
+        if self.modes.rev2:
+            return wire
+        try:
+            return utf7.decode(wire)
+        except ValueError:
+            raise InvalidInput("mailbox name is not valid modified UTF-7") from None
+
+    def _wire_name(self, name: str) -> str:
+        return name if self.modes.rev2 else utf7.encode(name)
+
+    def _mailbox(self, name: str) -> bytes:
+        return response.astring(self._wire_name(name), utf8=self.modes.rev2)
+
+    async def _unselect(self) -> None:
+        if self._watch_cm is not None:
+            cm, self._watch_cm = self._watch_cm, None
+            with contextlib.suppress(Exception):
+                await cm.__aexit__(None, None, None)
+        self.selected = None
+        if self.state is State.SELECTED:
+            self.state = State.AUTHENTICATED
+
+    async def _select(self, cmd: Select) -> None:
+        assert self.namespace is not None
+        if self.selected is not None:
+            await self._unselect()
+            self.send(b"* OK [CLOSED] Previous mailbox closed\r\n")
+        if cmd.qresync is not None and not self.modes.qresync:
+            self.bad(cmd.tag, "QRESYNC must be enabled first")
+            return
+        if cmd.condstore:
+            self.modes.condstore = True
+        target, folder = await self.namespace.folder(self._name(cmd.mailbox))
+        read_only = cmd.name == "EXAMINE" or not target.writable
+        cm = self.store.changes.watch(folder.id)
+        watch = await cm.__aenter__()
+        self._watch_cm = cm
+        # The watch is in place before the mailbox is read: nothing can fall between the two.
+        uids = await self.store.uids(folder.id)
+        totals = await self.store.folder_totals(folder.id)
+        folder = totals.folder
+        watch.take()
+        self.selected = SelectedMailbox(
+            self.store, target, folder, read_only, watch, uids, folder.highest_modseq
+        )
+        self.state = State.SELECTED
+        out = bytearray(_FLAGS_RESPONSE)
+        out += _PERMANENT if not read_only else b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n"
+        out += b"* %d EXISTS\r\n" % len(uids)
+        if not self.modes.rev2:
+            out += b"* 0 RECENT\r\n"
+        out += b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uidvalidity
+        out += b"* OK [UIDNEXT %d] Predicted next UID\r\n" % folder.uid_next
+        out += b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % folder.highest_modseq
+        if cmd.qresync is not None and cmd.qresync.uidvalidity == folder.uidvalidity:
+            out += await self._qresync(cmd.qresync)
+        self.send(bytes(out))
+        code = "READ-ONLY" if read_only else "READ-WRITE"
+        self.tagged(cmd.tag, "OK", f"{cmd.name} completed", code)
+
+    async def _qresync(self, params: QResyncParams) -> bytes:
+        """RFC 7162 §3.2.5.1: what changed since the client's MODSEQ: VANISHED (EARLIER) and
+        FETCH for changed messages."""
+        selected = self.selected
+        assert selected is not None
+        changes = await self.store.changes_since(selected.id, params.modseq)
+        out = bytearray()
+        vanished = list(changes.vanished)
+        if params.known_uids is not None:
+            largest = max(vanished, default=0)
+            vanished = [u for u in vanished if sequence.contains(params.known_uids, u, largest)]
+        if vanished:
+            out += b"* VANISHED (EARLIER) %s\r\n" % sequence.compact(vanished).encode()
+        for change in changes.changed:
+            seq = selected.seq_of(change.uid)
+            if seq is not None:
+                out += selected.flags_response(
+                    seq, change.uid, change.flags, change.keywords, change.modseq, self.modes
+                )
+        return bytes(out)
+
+    async def _create(self, cmd: Create) -> None:
+        assert self.namespace is not None
+        name = self._name(cmd.mailbox).rstrip(DELIMITER)
+        target = await self.namespace.resolve(name)
+        if target.shared and not target.writable:
+            raise NoPermission("Read-only delegation")
+        special = cmd.special_use[0] if cmd.special_use else None
+        if special is not None and special not in (
+            "\\Sent",
+            "\\Drafts",
+            "\\Trash",
+            "\\Archive",
+            "\\Junk",
+            "\\All",
+            "\\Flagged",
+        ):
+            self.tagged(cmd.tag, "NO", "Unsupported special-use attribute", "USEATTR")
+            return
+        # RFC 9051 §6.3.4: the missing superior levels are created too.
+        parts = target.folder.split(DELIMITER)
+        try:
+            for depth in range(1, len(parts)):
+                with contextlib.suppress(FolderExists):
+                    await self.store.create_folder(target.bal, DELIMITER.join(parts[:depth]))
+            await self.store.create_folder(target.bal, target.folder, special)
+        except FolderExists:
+            self.tagged(cmd.tag, "NO", "Mailbox already exists", "ALREADYEXISTS")
+            return
+        self.tagged(cmd.tag, "OK", "CREATE completed")
+
+    async def _mailbox_command(self, cmd: MailboxCommand) -> None:
+        assert self.namespace is not None
+        if cmd.name == "GETQUOTAROOT":
+            await self._getquotaroot(cmd)
+            return
+        target, folder = await self.namespace.folder(self._name(cmd.mailbox))
+        if cmd.name == "DELETE":
+            if target.shared and not target.writable:
+                raise NoPermission("Read-only delegation")
+            if folder.name == "INBOX":
+                self.tagged(cmd.tag, "NO", "INBOX cannot be deleted", "CANNOT")
+                return
+            names = {f.name for f in await self.store.list_folders(target.bal)}
+            if has_children(folder.name, names):
+                # RFC 9051 §6.3.5: a folder with inferiors keeps its place; Dovecot refuses.
+                self.tagged(cmd.tag, "NO", "Mailbox has children, delete them first", "HASCHILDREN")
+                return
+            if self.selected is not None and self.selected.id == folder.id:
+                await self._unselect()
+            await self.store.delete_folder(target.bal, folder.name)
+            self.tagged(cmd.tag, "OK", "DELETE completed")
+        else:
+            await self.store.set_subscribed(folder.id, cmd.name == "SUBSCRIBE")
+            self.tagged(cmd.tag, "OK", f"{cmd.name} completed")
+
+    async def _rename(self, cmd: Rename) -> None:
+        assert self.namespace is not None
+        old_target, folder = await self.namespace.folder(self._name(cmd.old))
+        new_target = await self.namespace.resolve(self._name(cmd.new))
+        if old_target.bal != new_target.bal:
+            self.tagged(cmd.tag, "NO", "Cannot move a mailbox to another BAL", "CANNOT")
+            return
+        if old_target.shared and not old_target.writable:
+            raise NoPermission("Read-only delegation")
+        if folder.name == "INBOX":
+            # RFC 9051 §6.3.6: renaming INBOX moves its messages to the new folder.
+            try:
+                created = await self.store.create_folder(new_target.bal, new_target.folder)
+            except FolderExists:
+                self.tagged(cmd.tag, "NO", "Mailbox already exists", "ALREADYEXISTS")
+                return
+            uids = await self.store.uids(folder.id)
+            if uids:
+                await self.store.copy_messages(folder.id, uids, created.id, move=True)
+            self.tagged(cmd.tag, "OK", "RENAME completed")
+            return
+        try:
+            await self.store.rename_folder(old_target.bal, folder.name, new_target.folder)
+        except FolderExists:
+            self.tagged(cmd.tag, "NO", "Mailbox already exists", "ALREADYEXISTS")
+            return
+        self.tagged(cmd.tag, "OK", "RENAME completed")
+
+    async def _list(self, cmd: ListCommand) -> None:
+        assert self.namespace is not None
+        lsub = cmd.name == "LSUB"
+        reference = self._name(cmd.reference) if cmd.reference else ""
+        patterns = [self._name(p) for p in cmd.patterns]
+        if not lsub and patterns == [""] and not cmd.selection:
+            # RFC 9051 §6.3.9: the hierarchy delimiter and the root of the reference.
+            self.send(b'* LIST (\\Noselect) "/" ""\r\n')
+            self.tagged(cmd.tag, "OK", "LIST completed")
+            return
+        subscribed_only = lsub or "SUBSCRIBED" in cmd.selection
+        want_subscribed = subscribed_only or "SUBSCRIBED" in cmd.returns
+        want_children = True
+        special_only = "SPECIAL-USE" in cmd.selection
+        want_special = special_only or "SPECIAL-USE" in cmd.returns or not cmd.returns
+        entries = await self.namespace.visible()
+        names = {e.name for e in entries}
+        for entry in entries:
+            if not any(matches(reference, p, entry.name) for p in patterns):
+                continue
+            folder = entry.folder
+            if subscribed_only and (folder is None or not folder.subscribed):
+                continue
+            if special_only and (folder is None or not folder.special_use):
+                continue
+            attributes: list[str] = []
+            if folder is None:
+                attributes.append("\\Noselect")
+            if want_children:
+                attributes.append(
+                    "\\HasChildren" if has_children(entry.name, names) else "\\HasNoChildren"
+                )
+            if want_subscribed and folder is not None and folder.subscribed and not lsub:
+                attributes.append("\\Subscribed")
+            if want_special and folder is not None and folder.special_use:
+                attributes.append(folder.special_use)
+            verb = b"LSUB" if lsub else b"LIST"
+            self.send(
+                b'* %s (%s) "/" %s\r\n'
+                % (verb, " ".join(attributes).encode(), self._mailbox(entry.name))
+            )
+            if cmd.return_status is not None and folder is not None:
+                self.send(await self._status_response(entry.name, folder.id, cmd.return_status))
+            await self.maybe_flush()
+        self.tagged(cmd.tag, "OK", f"{cmd.name} completed")
+
+    async def _status_response(self, name: str, folder_id: int, items: tuple[str, ...]) -> bytes:
+        totals = await self.store.folder_totals(folder_id)
+        folder = totals.folder
+        values = {
+            "MESSAGES": totals.messages,
+            "RECENT": 0,
+            "UIDNEXT": folder.uid_next,
+            "UIDVALIDITY": folder.uidvalidity,
+            "UNSEEN": totals.unseen,
+            "DELETED": totals.deleted,
+            "SIZE": totals.size,
+            "HIGHESTMODSEQ": folder.highest_modseq,
+        }
+        parts = " ".join(f"{item} {values[item]}" for item in items)
+        return b"* STATUS %s (%s)\r\n" % (self._mailbox(name), parts.encode())
+
+    async def _status(self, cmd: Status) -> None:
+        assert self.namespace is not None
+        unknown = [i for i in cmd.items if i not in _STATUS_ITEMS]
+        if unknown:
+            self.bad(cmd.tag, f"Unknown STATUS item {unknown[0][:30]}")
+            return
+        if "HIGHESTMODSEQ" in cmd.items:
+            self.modes.condstore = True
+        name = self._name(cmd.mailbox)
+        _, folder = await self.namespace.folder(name)
+        self.send(await self._status_response(name, folder.id, cmd.items))
+        self.tagged(cmd.tag, "OK", "STATUS completed")
+
+    async def _over_quota(self, bal: str, adding: int) -> bool:
+        if not self.limits.quota_storage:
+            return False
+        used, _ = await self.store.usage(bal)
+        return used + adding > self.limits.quota_storage
+
+    async def _append(self, cmd: Append) -> None:
+        assert self.namespace is not None
+        try:
+            target, folder = await self.namespace.folder(self._name(cmd.mailbox))
+        except NoSuchMailbox:
+            self.tagged(cmd.tag, "NO", "Mailbox does not exist", "TRYCREATE")
+            return
+        if target.shared and not target.writable:
+            raise NoPermission("Read-only delegation")
+        total = sum(len(m.data) for m in cmd.messages)
+        if await self._over_quota(target.bal, total):
+            self.tagged(cmd.tag, "NO", "Quota depasse", "OVERQUOTA")
+            return
+        uids: list[int] = []
+        for message in cmd.messages:
+            if len(message.data) > self.limits.max_message_size:
+                self.tagged(cmd.tag, "NO", "Message too large", "TOOBIG")
+                return
+            flags, keywords = _split_flags(message.flags)
+            result = await self.store.deliver(
+                target.bal,
+                message.data,
+                folder.name,
+                flags=flags,
+                keywords=keywords,
+                internal_date=message.internal_date,
+            )
+            uids.append(result.uid)
+        await self._updates("APPEND")
+        code = f"APPENDUID {folder.uidvalidity} {sequence.compact_ordered(uids)}"
+        self.tagged(cmd.tag, "OK", "APPEND completed", code)
+
+    async def _getquotaroot(self, cmd: MailboxCommand) -> None:
+        assert self.namespace is not None
+        name = self._name(cmd.mailbox)
+        target, _ = await self.namespace.folder(name)
+        if not self.limits.quota_storage:
+            # RFC 9208 §4.3: no quota applies to this mailbox.
+            self.send(b"* QUOTAROOT %s\r\n" % self._mailbox(name))
+            self.tagged(cmd.tag, "OK", "GETQUOTAROOT completed")
+            return
+        root = "" if not target.shared else target.bal
+        self.send(b"* QUOTAROOT %s %s\r\n" % (self._mailbox(name), response.string(root)))
+        self.send(await self._quota_response(target.bal, root))
+        self.tagged(cmd.tag, "OK", "GETQUOTAROOT completed")
+
+    async def _quota_response(self, bal: str, root: str) -> bytes:
+        used, _count = await self.store.usage(bal)
+        if self.limits.quota_storage:
+            storage = f"STORAGE {(used + 1023) // 1024} {self.limits.quota_storage // 1024}"
+        else:
+            storage = ""
+        # RFC 9208 §5.1: a resource without a limit is not listed; messages are not limited.
+        return b"* QUOTA %s (%s)\r\n" % (response.string(root), storage.encode())
+
+    async def _getquota(self, cmd: GetQuota) -> None:
+        assert self.namespace is not None
+        assert self.user is not None
+        if cmd.root == "":
+            bal = self.user
+        else:
+            delegated = {d.bal for d in await self.namespace.delegations()}
+            if cmd.root.lower() not in delegated:
+                self.tagged(cmd.tag, "NO", "No such quota root", "NONEXISTENT")
+                return
+            bal = cmd.root.lower()
+        self.send(await self._quota_response(bal, cmd.root))
+        self.tagged(cmd.tag, "OK", "GETQUOTA completed")
+
+    # -- IDLE (RFC 2177, RFC 9051 §6.3.13) -----------------------------------------------------
+
+    async def _idle(self, tag: str) -> list[Event]:
+        await self._updates("IDLE")
+        self.send(b"+ idling\r\n")
+        await self.flush()
+        events = self.parser.feed(b"")
+        deadline = time.monotonic() + self.limits.timeout
+        read_task: asyncio.Task[bytes] | None = None
+        try:
+            while True:
+                if events:
+                    first, rest = events[0], events[1:]
+                    if isinstance(first, IdleDone):
+                        await self._updates("IDLE")
+                        self.tagged(tag, "OK", "IDLE terminated")
+                        return rest
+                    # Anything but DONE ends IDLE with an error (the parser said so).
+                    self.bad(tag, "Expected DONE")
+                    return events
+                if read_task is None:
+                    read_task = asyncio.ensure_future(self.reader.read(65536))
+                waiters: set[asyncio.Future[object]] = {read_task}  # type: ignore[arg-type]
+                watch_task = None
+                if self.selected is not None:
+                    watch_task = asyncio.ensure_future(self.selected.watch.wait())
+                    waiters.add(watch_task)  # type: ignore[arg-type]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.send(b"* BYE Autologout; idle for too long\r\n")
+                    raise Closed
+                done, _ = await asyncio.wait(
+                    waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                if watch_task is not None:
+                    watch_task.cancel()
+                    if watch_task in done and watch_task.result():
+                        # wait() consumed the change: make poll() look.
+                        self.selected.watch._event.set()  # type: ignore[union-attr]
+                        await self._updates("IDLE")
+                        await self.flush()
+                if read_task in done:
+                    data = read_task.result()
+                    read_task = None
+                    if not data:
+                        raise Closed
+                    events = self.parser.feed(data)
+        finally:
+            if read_task is not None:
+                read_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await read_task
+
+    # -- selected ------------------------------------------------------------------------------
+
+    async def _expunge(self, tag: str, uid_set: SequenceSet | None) -> None:
+        selected = self.selected
+        assert selected is not None
+        if selected.read_only:
+            self.tagged(tag, "NO", "Mailbox is read-only", "READ-ONLY")
+            return
+        uids = None if uid_set is None else selected_uids(selected, uid_set)
+        removed = await self.store.expunge(selected.id, uids)
+        self.send(selected.expunge_responses(removed, self.modes))
+        await self._updates("EXPUNGE")
+        self.tagged(tag, "OK", "EXPUNGE completed")
+
+    def _check_sequence(self, tag: str, seqset: SequenceSet, uid: bool) -> bool:
+        selected = self.selected
+        assert selected is not None
+        if uid or seqset.saved:
+            return True
+        bad = sequence.validate(seqset, selected.exists)
+        if bad is not None:
+            self.bad(tag, f"Invalid message sequence number {bad}")
+            return False
+        return True
+
+    async def _search(self, cmd: Search) -> None:
+        selected = self.selected
+        assert selected is not None
+        if cmd.charset is not None and cmd.charset.upper() not in ("UTF-8", "US-ASCII"):
+            self.tagged(cmd.tag, "NO", "Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")
+            return
+        need = search.needs(cmd.criteria)
+        if search.uses_modseq(cmd.criteria):
+            self.modes.condstore = True
+        infos = await self.store.list_messages(selected.id)
+        scope = search.Scope(
+            uids=selected.uids,
+            count=selected.exists,
+            saved=selected.saved,
+            now=datetime.now(UTC),
+        )
+        matched: list[MessageInfo] = []
+        for info in infos:
+            seq = selected.seq_of(info.uid)
+            if seq is None:
+                continue
+            candidate = search.Candidate(seq, info.uid, info, info.uid in selected.recent)
+            if need is search.Need.HEADER:
+                candidate.header = await self.store.read_header(info)
+            elif need is search.Need.FULL:
+                candidate.raw = await self.store.read_message(info)
+            if search.matches(cmd.criteria, candidate, scope):
+                matched.append(info)
+        numbers = [m.uid if cmd.uid else selected.seq_of(m.uid) or 0 for m in matched]
+        modseq = (
+            max((m.modseq for m in matched), default=None)
+            if search.uses_modseq(cmd.criteria)
+            else None
+        )
+        returns = cmd.returns
+        if returns is not None and "SAVE" in returns:
+            selected.saved = [m.uid for m in matched]
+        if returns is None and self.modes.rev2:
+            returns = ()
+        if returns is None:
+            self.send(search.search_response(numbers, modseq))
+        elif search.should_respond(returns):
+            self.send(
+                search.esearch_response(
+                    cmd.tag, uid=cmd.uid, matched=numbers, returns=returns, highest_modseq=modseq
+                )
+            )
+        await self._updates("UID SEARCH" if cmd.uid else "SEARCH")
+        self.tagged(cmd.tag, "OK", "SEARCH completed")
+
+    async def _fetch(self, cmd: Fetch) -> None:
+        selected = self.selected
+        assert selected is not None
+        if not self._check_sequence(cmd.tag, cmd.sequence, cmd.uid):
+            return
+        if cmd.vanished and not (cmd.uid and self.modes.qresync and cmd.changed_since is not None):
+            self.bad(cmd.tag, "VANISHED needs UID FETCH, QRESYNC and CHANGEDSINCE")
+            return
+        attributes = list(cmd.attributes)
+        if cmd.changed_since is not None or any(a.name == "MODSEQ" for a in attributes):
+            self.modes.condstore = True
+        if cmd.uid and not any(a.name == "UID" for a in attributes):
+            attributes.insert(0, FetchAttr("UID"))
+        pairs = selected.resolve(cmd.sequence, uid=cmd.uid)
+        if cmd.vanished and cmd.changed_since is not None:
+            changes = await self.store.changes_since(selected.id, cmd.changed_since)
+            largest = selected.uids[-1] if selected.uids else 0
+            gone = [u for u in changes.vanished if sequence.contains(cmd.sequence, u, largest)]
+            if gone:
+                self.send(b"* VANISHED (EARLIER) %s\r\n" % sequence.compact(gone).encode())
+        infos = {
+            i.uid: i for i in await self.store.list_messages(selected.id, [u for _, u in pairs])
+        }
+        sets_seen = not selected.read_only and any(_sets_seen(a) for a in attributes)
+        if sets_seen:
+            unseen = [u for u in infos if Flag.SEEN not in infos[u].flags]
+            if unseen:
+                changes_made = await self.store.set_flags(
+                    selected.id, unseen, flags=Flag.SEEN, mode="add"
+                )
+                for change in changes_made:
+                    old = infos[change.uid]
+                    infos[change.uid] = _with_flags(
+                        old, change.flags, change.keywords, change.modseq
+                    )
+                    selected.reported[change.uid] = change.modseq
+        missing = False
+        for seq, uid in pairs:
+            info = infos.get(uid)
+            if info is None:
+                missing = True
+                continue
+            if cmd.changed_since is not None and info.modseq <= cmd.changed_since:
+                continue
+            self.send(await self._fetch_response(seq, info, attributes, sets_seen))
+            await self.maybe_flush()
+        await self._updates("UID FETCH" if cmd.uid else "FETCH")
+        if missing and not cmd.uid:
+            self.tagged(cmd.tag, "NO", "Some messages were expunged meanwhile", "EXPUNGEISSUED")
+        else:
+            self.tagged(cmd.tag, "OK", "FETCH completed")
+
+    async def _fetch_response(
+        self, seq: int, info: MessageInfo, attributes: list[FetchAttr], seen_set: bool
+    ) -> bytes:
+        selected = self.selected
+        assert selected is not None
+        utf8 = self.modes.rev2
+        raw: bytes | None = None
+        header: bytes | None = None
+        items: list[bytes] = []
+        flags_sent = False
+        for attr in attributes:
+            name = attr.name
+            if name == "UID":
+                items.append(b"UID %d" % info.uid)
+            elif name == "FLAGS":
+                flags_sent = True
+                items.append(
+                    b"FLAGS "
+                    + response.flag_list(info.flags, info.keywords, info.uid in selected.recent)
+                )
+            elif name == "INTERNALDATE":
+                items.append(b"INTERNALDATE " + response.internal_date(info.internal_date))
+            elif name == "RFC822.SIZE":
+                items.append(b"RFC822.SIZE %d" % info.size)
+            elif name == "ENVELOPE":
+                items.append(b"ENVELOPE " + response.envelope(info.envelope, utf8=utf8))
+            elif name == "BODYSTRUCTURE":
+                items.append(
+                    b"BODYSTRUCTURE "
+                    + response.bodystructure(info.body, extensible=True, utf8=utf8)
+                )
+            elif name == "BODY" and attr.section is None:
+                items.append(
+                    b"BODY " + response.bodystructure(info.body, extensible=False, utf8=utf8)
+                )
+            elif name == "MODSEQ":
+                pass  # added below, once
+            elif name in ("RFC822.HEADER",) or (
+                name == "BODY" and attr.section is not None and _header_only(attr.section)
+            ):
+                if header is None:
+                    header = await self.store.read_header(info)
+                section = attr.section if name == "BODY" else Section(text="HEADER")
+                assert section is not None
+                data = sections.section_bytes(header, info.body, section) or b""
+                items.append(_body_item(name, attr, data))
+            elif name in ("BODY", "RFC822", "RFC822.TEXT", "BINARY", "BINARY.SIZE"):
+                if raw is None:
+                    raw = await self.store.read_message(info)
+                items.append(self._content_item(raw, info, attr))
+        if self.modes.condstore or any(a.name == "MODSEQ" for a in attributes):
+            items.append(b"MODSEQ (%d)" % info.modseq)
+        if seen_set and not flags_sent and _sets_seen_any(attributes):
+            items.append(
+                b"FLAGS "
+                + response.flag_list(info.flags, info.keywords, info.uid in selected.recent)
+            )
+        return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(items))
+
+    def _content_item(self, raw: bytes, info: MessageInfo, attr: FetchAttr) -> bytes:
+        name = attr.name
+        if name == "RFC822":
+            return b"RFC822 " + response.literal(raw)
+        if name == "RFC822.TEXT":
+            data = sections.section_bytes(raw, info.body, Section(text="TEXT")) or b""
+            return b"RFC822.TEXT " + response.literal(data)
+        if name == "BODY":
+            assert attr.section is not None
+            data = sections.section_bytes(raw, info.body, attr.section) or b""
+            return _body_item(name, attr, data)
+        part = attr.section.part if attr.section is not None else ()
+        label = ".".join(str(p) for p in part)
+        try:
+            if name == "BINARY.SIZE":
+                size = sections.binary_size(raw, info.body, part)
+                return b"BINARY.SIZE[%s] %s" % (
+                    label.encode(),
+                    b"%d" % size if size is not None else b"NIL",
+                )
+            data_or_none = sections.binary_section(raw, info.body, part)
+        except sections.UnknownTransferEncoding:
+            raise InvalidInput("[UNKNOWN-CTE] Unknown Content-Transfer-Encoding") from None
+        data = data_or_none or b""
+        origin = b""
+        if attr.partial is not None:
+            data = sections.partial(data, *attr.partial)
+            origin = b"<%d>" % attr.partial[0]
+        encoded = response.literal8(data) if b"\0" in data else response.literal(data)
+        return b"BINARY[%s]%s %s" % (label.encode(), origin, encoded)
+
+    async def _store(self, cmd: Store) -> None:
+        selected = self.selected
+        assert selected is not None
+        if not self._check_sequence(cmd.tag, cmd.sequence, cmd.uid):
+            return
+        if selected.read_only:
+            self.tagged(cmd.tag, "NO", "Mailbox is read-only", "READ-ONLY")
+            return
+        try:
+            flags, keywords = _split_flags(cmd.flags)
+        except ValueError as exc:
+            self.bad(cmd.tag, str(exc))
+            return
+        if cmd.unchanged_since is not None:
+            self.modes.condstore = True
+        pairs = selected.resolve(cmd.sequence, uid=cmd.uid)
+        uids = [u for _, u in pairs]
+        mode = {"": "replace", "+": "add", "-": "remove"}[cmd.mode]
+        changes = await self.store.set_flags(
+            selected.id,
+            uids,
+            flags=flags,
+            keywords=keywords,
+            mode=mode,  # type: ignore[arg-type]
+            unchanged_since=cmd.unchanged_since,
+        )
+        changed = {c.uid: c for c in changes}
+        modified: list[int] = []
+        if cmd.unchanged_since is not None:
+            unchanged_uids = [u for u in uids if u not in changed]
+            for info in await self.store.list_messages(selected.id, unchanged_uids):
+                if info.modseq > cmd.unchanged_since:
+                    modified.append(info.uid if cmd.uid else selected.seq_of(info.uid) or 0)
+        for seq, uid in pairs:
+            change = changed.get(uid)
+            if change is None:
+                continue
+            selected.reported[uid] = change.modseq
+            if cmd.silent and not self.modes.condstore:
+                continue
+            items = b"FLAGS " + response.flag_list(
+                change.flags, change.keywords, uid in selected.recent
+            )
+            if cmd.silent:
+                items = b""
+            if cmd.uid or self.modes.qresync:
+                items = b"UID %d " % uid + items if items else b"UID %d" % uid
+            if self.modes.condstore:
+                items = (
+                    items + b" MODSEQ (%d)" % change.modseq
+                    if items
+                    else b"MODSEQ (%d)" % change.modseq
+                )
+            self.send(b"* %d FETCH (%s)\r\n" % (seq, items))
+        await self._updates("UID STORE" if cmd.uid else "STORE")
+        if modified:
+            self.tagged(
+                cmd.tag, "OK", "Conditional STORE failed", f"MODIFIED {sequence.compact(modified)}"
+            )
+        else:
+            self.tagged(cmd.tag, "OK", "STORE completed")
+
+    async def _copy(self, cmd: Copy) -> None:
+        selected = self.selected
+        assert selected is not None
+        assert self.namespace is not None
+        if not self._check_sequence(cmd.tag, cmd.sequence, cmd.uid):
+            return
+        move = cmd.name == "MOVE"
+        if move and selected.read_only:
+            self.tagged(cmd.tag, "NO", "Mailbox is read-only", "READ-ONLY")
+            return
+        try:
+            target, folder = await self.namespace.folder(self._name(cmd.mailbox))
+        except NoSuchMailbox:
+            self.tagged(cmd.tag, "NO", "Mailbox does not exist", "TRYCREATE")
+            return
+        if target.shared and not target.writable:
+            raise NoPermission("Read-only delegation")
+        pairs = selected.resolve(cmd.sequence, uid=cmd.uid)
+        uids = [u for _, u in pairs]
+        if self.limits.quota_storage and uids:
+            infos = await self.store.list_messages(selected.id, uids)
+            if await self._over_quota(target.bal, sum(i.size for i in infos)):
+                self.tagged(cmd.tag, "NO", "Quota depasse", "OVERQUOTA")
+                return
+        copied = await self.store.copy_messages(selected.id, uids, folder.id, move=move)
+        if not copied:
+            self.tagged(cmd.tag, "OK", f"{cmd.name} completed (nothing to do)")
+            return
+        code = (
+            f"COPYUID {folder.uidvalidity} {sequence.compact_ordered(s for s, _ in copied)} "
+            f"{sequence.compact_ordered(d for _, d in copied)}"
+        )
+        if not move:
+            await self._updates("COPY")
+            self.tagged(cmd.tag, "OK", "COPY completed", code)
+            return
+        # RFC 6851 §4.3: COPYUID goes in an untagged OK before the expunges.
+        self.send(f"* OK [{code}] Moved\r\n".encode())
+        self.send(selected.expunge_responses([s for s, _ in copied], self.modes))
+        await self._updates("MOVE")
+        self.tagged(cmd.tag, "OK", "MOVE completed")
+
+
+def selected_uids(selected: SelectedMailbox, uid_set: SequenceSet) -> list[int]:
+    return [u for _, u in selected.resolve(uid_set, uid=True)]
+
+
+def _split_flags(names: tuple[str, ...]) -> tuple[Flag, list[str]]:
+    system = Flag(0)
+    keywords: list[str] = []
+    for name in names:
+        if name.startswith("\\"):
+            flag = Flag.from_imap([name])
+            if flag:
+                system |= flag
+            elif name.lower() == "\\recent":
+                continue  # RFC 3501 §2.3.2: \Recent cannot be stored; ignored
+            else:
+                raise ValueError(f"Unknown system flag {name[:30]}")
+        else:
+            keywords.append(name)
+    return system, keywords
+
+
+def _sets_seen(attr: FetchAttr) -> bool:
+    if attr.name in ("RFC822", "RFC822.TEXT"):
+        return True
+    return attr.name in ("BODY", "BINARY") and attr.section is not None and not attr.peek
+
+
+def _sets_seen_any(attributes: list[FetchAttr]) -> bool:
+    return any(_sets_seen(a) for a in attributes)
+
+
+def _header_only(section: Section) -> bool:
+    return not section.part and section.text in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT")
+
+
+def _section_label(section: Section) -> bytes:
+    parts = [".".join(str(p) for p in section.part)] if section.part else []
+    if section.text:
+        text = section.text
+        if section.fields:
+            text += " (" + " ".join(section.fields) + ")"
+        parts.append(text)
+    return ".".join(parts).encode()
+
+
+def _body_item(name: str, attr: FetchAttr, data: bytes) -> bytes:
+    if name == "RFC822.HEADER":
+        return b"RFC822.HEADER " + response.literal(data)
+    assert attr.section is not None
+    origin = b""
+    if attr.partial is not None:
+        data = sections.partial(data, *attr.partial)
+        origin = b"<%d>" % attr.partial[0]
+    return b"BODY[%s]%s %s" % (_section_label(attr.section), origin, response.literal(data))
+
+
+def _with_flags(
+    info: MessageInfo, flags: Flag, keywords: tuple[str, ...], modseq: int
+) -> MessageInfo:
+    import dataclasses
+
+    return dataclasses.replace(info, flags=flags, keywords=keywords, modseq=modseq)
+
+
+def _b64(text: str) -> bytes | None:
+    if text == "=":
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+__all__ = ["Closed", "Session", "State", "Target"]
