@@ -7,6 +7,7 @@ the response lines with their literals inline, so tests assert the exact wire fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
 from collections.abc import AsyncIterator
@@ -82,10 +83,8 @@ class Client:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(TimeoutError, ConnectionError, ssl.SSLError):
             await asyncio.wait_for(self.writer.wait_closed(), 2)
-        except (TimeoutError, ConnectionError, ssl.SSLError):
-            pass
 
 
 @dataclass
