@@ -126,12 +126,16 @@ def init(
 @click.option("--mx-listen", default="127.0.0.1:2525", show_default=True)
 @click.option("--submission-listen", default="127.0.0.1:5870", show_default=True)
 @click.option("--submissions-listen", default="127.0.0.1:4650", show_default=True)
+@click.option("--imap-listen", default="127.0.0.1:1430", show_default=True)
+@click.option("--imaps-listen", default="127.0.0.1:9930", show_default=True)
 def demo(
     directory: str,
     admin_listen: str,
     mx_listen: str,
     submission_listen: str,
     submissions_listen: str,
+    imap_listen: str,
+    imaps_listen: str,
 ) -> None:
     """Initialise DIR with demo domains and BALs, then run the whole stack in the foreground.
 
@@ -145,6 +149,7 @@ def demo(
         make_demo_pki,
         seed_demo,
         swaks_examples,
+        thunderbird_settings,
     )
     from colombe.serve import open_store, serve
 
@@ -170,6 +175,8 @@ def demo(
                 mx_listen=mx_listen,
                 submission_listen=submission_listen,
                 submissions_listen=submissions_listen,
+                imap_listen=imap_listen,
+                imaps_listen=imaps_listen,
             ),
             encoding="utf-8",
         )
@@ -194,6 +201,11 @@ def demo(
         if examples:
             click.echo("Send a message with swaks (apt install swaks):")
             for line in examples:
+                click.echo(line)
+        settings = thunderbird_settings(endpoints, pki_dir)
+        if settings:
+            click.echo("Read the mail in Thunderbird (or any IMAP client):")
+            for line in settings:
                 click.echo(line)
         click.echo(
             "  .venv/bin/colombe directory import-extraction "

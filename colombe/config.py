@@ -141,6 +141,29 @@ class SubmissionSection:
 
 
 @dataclass(frozen=True, slots=True)
+class ImapSection:
+    # Port 143 with STARTTLS ("0.0.0.0:143") and port 993 with implicit TLS ("0.0.0.0:993").
+    # Empty: that listener is off.
+    listen: str = ""
+    listen_tls: str = ""
+    max_connections: int = 10_000
+    max_connections_per_ip: int = 100
+    # Dovecot's mail_max_userip_connections: a client opening more is refused at login.
+    max_connections_per_user: int = 20
+    # Autologout after this many seconds without a command (RFC 9051: at least 30 minutes).
+    timeout: int = 1800
+    # Seconds a connection may take to log in.
+    login_timeout: int = 60
+    # The largest message APPEND accepts (announced as APPENDLIMIT).
+    max_message_size: int = 26_214_400
+    max_auth_failures: int = 3
+    # Seconds to wait before answering a failed login.
+    auth_failure_delay: int = 2
+    # Octets each BAL may hold (QUOTA); 0: no quota.
+    quota_storage: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class QueueSection:
     # Deliver queued mail to the other operators (one runner per process; several processes
     # share the queue safely).
@@ -184,6 +207,7 @@ class Config:
     tls: TlsSection = field(default_factory=TlsSection)
     mx: MxSection = field(default_factory=MxSection)
     submission: SubmissionSection = field(default_factory=SubmissionSection)
+    imap: ImapSection = field(default_factory=ImapSection)
     queue: QueueSection = field(default_factory=QueueSection)
     log: LogSection = field(default_factory=LogSection)
     # Where the file was read from; relative paths in it are relative to its directory.
@@ -364,14 +388,23 @@ def _validate(config: Config, origin: Mapping[str, str]) -> None:
         # Measured: two SQLite writers in two processes wait on each other's locks (SQLite's
         # busy handler sleeps), which makes the MX slower than one process, not faster.
         fail("server.processes", "several processes need PostgreSQL (store.database_url)")
-    for key in ("mx.listen", "submission.listen", "submission.listen_tls"):
+    for key in (
+        "mx.listen",
+        "submission.listen",
+        "submission.listen_tls",
+        "imap.listen",
+        "imap.listen_tls",
+    ):
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
         if value:
             _, port = parse_listen(value, key, origin)
             if port == 0 and config.server.processes > 1:
                 fail(key, "several processes must share a fixed port (server.processes > 1)")
-            if not (config.tls.cert_file and config.tls.key_file and config.tls.trust_file):
+            if section == "imap":
+                if not (config.tls.cert_file and config.tls.key_file):
+                    fail(key, "needs tls.cert_file and tls.key_file")
+            elif not (config.tls.cert_file and config.tls.key_file and config.tls.trust_file):
                 fail(key, "needs tls.cert_file, tls.key_file and tls.trust_file")
     for key in (
         "mx.max_message_size",
@@ -387,6 +420,13 @@ def _validate(config: Config, origin: Mapping[str, str]) -> None:
         "submission.max_errors",
         "submission.timeout",
         "submission.max_auth_failures",
+        "imap.max_connections",
+        "imap.max_connections_per_ip",
+        "imap.max_connections_per_user",
+        "imap.timeout",
+        "imap.login_timeout",
+        "imap.max_message_size",
+        "imap.max_auth_failures",
         "queue.workers",
         "queue.poll_interval",
         "queue.connect_timeout",

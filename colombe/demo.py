@@ -108,6 +108,8 @@ DEMO_PKI = "pki"
 DEMO_MX_LISTEN = "127.0.0.1:2525"
 DEMO_SUBMISSION_LISTEN = "127.0.0.1:5870"
 DEMO_SUBMISSIONS_LISTEN = "127.0.0.1:4650"
+DEMO_IMAP_LISTEN = "127.0.0.1:1430"
+DEMO_IMAPS_LISTEN = "127.0.0.1:9930"
 
 
 def make_demo_pki(directory: Path) -> Path:
@@ -127,10 +129,12 @@ def demo_config_sections(
     mx_listen: str = DEMO_MX_LISTEN,
     submission_listen: str = DEMO_SUBMISSION_LISTEN,
     submissions_listen: str = DEMO_SUBMISSIONS_LISTEN,
+    imap_listen: str = DEMO_IMAP_LISTEN,
+    imaps_listen: str = DEMO_IMAPS_LISTEN,
 ) -> str:
     """What the demo's colombe.toml adds to the minimal one: a local whitelist, no download of
     the national address book (90 MB; ``colombe directory import-extraction`` does it), and,
-    with ``pki_dir``, the MX and submission listeners with the test PKI's certificates."""
+    with ``pki_dir``, the MX, submission and IMAP listeners with the test PKI's certificates."""
     sections = (
         "\n[whitelist]\n"
         f"url = {json.dumps(whitelist_path.resolve().as_uri())}\n"
@@ -151,7 +155,10 @@ def demo_config_sections(
         f"listen = {json.dumps(mx_listen)}\n\n"
         "[submission]\n"
         f"listen = {json.dumps(submission_listen)}\n"
-        f"listen_tls = {json.dumps(submissions_listen)}\n"
+        f"listen_tls = {json.dumps(submissions_listen)}\n\n"
+        "[imap]\n"
+        f"listen = {json.dumps(imap_listen)}\n"
+        f"listen_tls = {json.dumps(imaps_listen)}\n"
     )
 
 
@@ -183,6 +190,39 @@ def swaks_examples(endpoints: list[str], pki_dir: Path) -> list[str]:
             f" --from secretariat@clinique-demo.mssante.fr --to {DEMO_BALS[0].address}"
             "   (as a peer operator: its IGC-Sante certificate, listed in the whitelist)"
         )
+    return lines
+
+
+def thunderbird_settings(endpoints: list[str], pki_dir: Path) -> list[str]:
+    """How to read the demo BALs in Thunderbird (or any IMAP client): the account settings."""
+
+    def address(kind: str) -> tuple[str, str] | None:
+        for line in endpoints:
+            if kind in line and "://" in line:
+                host, _, port = line.split("://", 1)[1].rpartition(":")
+                return host, port
+        return None
+
+    imaps, smtps = address("imaps://"), address("submission: smtps://")
+    if imaps is None:
+        return []
+    user = DEMO_BALS[0].address
+    lines = [
+        f"  Account: {user}, password {DEMO_PASSWORD}",
+        f"  Incoming: IMAP, server {imaps[0]}, port {imaps[1]}, SSL/TLS, normal password",
+    ]
+    if smtps is not None:
+        lines.append(
+            f"  Outgoing: SMTP, server {smtps[0]}, port {smtps[1]}, SSL/TLS, normal password"
+        )
+    lines.append(
+        f"  The demo certificate is from the IGC-Santé TEST hierarchy: import {pki_dir / 'trust.pem'}"
+        " in Settings > Privacy & Security > Certificates > Authorities, or accept the exception."
+    )
+    lines.append(
+        f"  Shared BAL: log in as secretariat@cabinet-demo.mssante.fr to see {user}'s folders"
+        " under Partagés/."
+    )
     return lines
 
 

@@ -1,8 +1,8 @@
 """``colombe serve``: open the store, start the components, stop them cleanly on SIGTERM/SIGINT.
 
-Each component (admin endpoint, directory jobs, MTA queue and listeners; IMAP and web as their
-issues land) is built by a factory from the configuration and the shared store, started in
-order and stopped in reverse.
+Each component (admin endpoint, directory jobs, MTA queue and listeners, IMAP; web as its issue
+lands) is built by a factory from the configuration and the shared store, started in order and
+stopped in reverse.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Protocol
 from colombe.addressbook import AddressBookImporter
 from colombe.admin import AdminServer
 from colombe.config import Config
+from colombe.imap import imap_component
 from colombe.mta import mx_component, queue_component, submission_component
 from colombe.publication import publisher_component
 from colombe.whitelist import whitelist_component
@@ -52,12 +53,13 @@ COMPONENTS: dict[str, ComponentFactory] = {
     "queue": queue_component,
     "mx": mx_component,
     "submission": submission_component,
+    "imap": imap_component,
 }
 
 
 # The components every process of `server.processes` runs (stateless front ends); the others
 # run in the first process only.
-FRONT_ENDS = ("mx", "submission")
+FRONT_ENDS = ("mx", "submission", "imap")
 
 
 class UnknownComponent(Exception):

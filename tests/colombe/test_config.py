@@ -420,3 +420,19 @@ def test_example_config_documents_every_key_of_every_section() -> None:
     assert not missing, f"{EXAMPLE.name} does not document: {', '.join(missing)}"
     unknown = sorted(set(found) - set(wanted))
     assert not unknown, f"{EXAMPLE.name} has sections Colombe does not read: {unknown}"
+
+
+def test_imap_listener_needs_a_certificate_and_key_but_no_trust_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[imap]\nlisten_tls = "127.0.0.1:993"\n')
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, env={})
+    assert str(refused.value) == (f"{path}: imap.listen_tls: needs tls.cert_file and tls.key_file")
+    config = load_config(
+        write(
+            tmp_path,
+            '[tls]\ncert_file = "c.pem"\nkey_file = "k.pem"\n\n[imap]\nlisten_tls = "127.0.0.1:993"\n',
+        ),
+        env={},
+    )
+    assert config.imap.listen_tls == "127.0.0.1:993"
+    assert config.imap.timeout == 1800  # RFC 9051 §5.4: at least 30 minutes

@@ -4,10 +4,13 @@ sockets, readiness on stderr, clean exit on SIGTERM and SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import imaplib
 import json
+import re
 import shlex
 import signal
 import socket
+import ssl
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -155,6 +158,8 @@ def test_demo_seeds_bals_serves_them_and_stops_on_sigterm(tmp_path: Path) -> Non
         "--mx-listen", "127.0.0.1:0",
         "--submission-listen", "127.0.0.1:0",
         "--submissions-listen", "127.0.0.1:0",
+        "--imap-listen", "127.0.0.1:0",
+        "--imaps-listen", "127.0.0.1:0",
         cwd=tmp_path,
     )  # fmt: skip
     try:
@@ -218,6 +223,17 @@ def test_demo_seeds_bals_serves_them_and_stops_on_sigterm(tmp_path: Path) -> Non
             for r in (claire_after, paul)
         ]
         assert inboxes == [3, 1]
+
+        # IMAP serves the same mailboxes, with the settings printed for Thunderbird.
+        assert "imap: imap://127.0.0.1:" in out
+        incoming = re.search(r"Incoming: IMAP, server ([\d.]+), port (\d+), SSL/TLS", out)
+        assert incoming is not None, out
+        context = ssl.create_default_context(cafile=str(tmp_path / "var" / "pki" / "trust.pem"))
+        context.check_hostname = False
+        with imaplib.IMAP4_SSL(incoming[1], int(incoming[2]), ssl_context=context) as client:
+            client.login("claire.martin@cabinet-demo.mssante.fr", DEMO_PASSWORD)
+            status, data = client.select("INBOX", readonly=True)
+            assert (status, data) == ("OK", [b"3"])
 
         assert demo.stop(signal.SIGTERM) == 0
         assert refuses_connections(port)
