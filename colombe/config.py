@@ -32,6 +32,9 @@ class StoreSection:
     database_url: str = "sqlite:///var/colombe.db"
     blob_dir: str = "var/blobs"
     pool_size: int = 10
+    # Seconds a successful password check is remembered (IMAP and SMTP logins skip the argon2
+    # hash meanwhile); a password change or a suspension voids it at once. 0: never.
+    login_cache_ttl: int = 300
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,7 +82,9 @@ def select_components(only: list[str] | None) -> list[str]:
 
 
 async def open_store(config: Config) -> Store:
-    return await Store.open(config.database_url, config.blob_dir, pool_size=config.store.pool_size)
+    store = await Store.open(config.database_url, config.blob_dir, pool_size=config.store.pool_size)
+    store.verified_ttl = float(config.store.login_cache_ttl)
+    return store
 
 
 async def serve(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from store import BalNotFound, BalStatus, BalType, DomainNotFound, Placement, Store
 from store.errors import BalExists, DomainExists, InvalidInput
+from tests.conftest import StoreLocation
 
 
 async def test_domain_names_are_normalised_and_unique(store: Store) -> None:
@@ -136,3 +139,36 @@ async def test_delegation_gives_a_secretary_rights_on_a_doctor_bal(
 async def test_a_bal_cannot_be_delegated_to_itself(store: Store, doctor: str) -> None:
     with pytest.raises(InvalidInput):
         await store.add_delegation(doctor, doctor)
+
+
+async def test_remembered_login_is_forgotten_when_the_password_changes(
+    store: Store, doctor: str, store_location: StoreLocation
+) -> None:
+    """A success is remembered (no argon2 hash at the next login), but a password set since,
+    even by another process, voids it at once."""
+    await store.set_password(doctor, PASSWORD)
+    assert await store.verify_password(doctor, PASSWORD)
+    started = time.perf_counter()
+    assert await store.verify_password(doctor, PASSWORD)
+    assert time.perf_counter() - started < 0.05  # argon2 alone takes about 0.1 s
+    other = await Store.open(store_location.url, store_location.blob_dir)
+    try:
+        await other.set_password(doctor, "nouveau mot de passe")
+    finally:
+        await other.close()
+    assert not await store.verify_password(doctor, PASSWORD)
+    assert await store.verify_password(doctor, "nouveau mot de passe")
+
+
+async def test_remembered_login_does_not_survive_a_suspension(store: Store, doctor: str) -> None:
+    await store.set_password(doctor, PASSWORD)
+    assert await store.verify_password(doctor, PASSWORD)
+    await store.set_bal_status(doctor, BalStatus.SUSPENDED)
+    assert not await store.verify_password(doctor, PASSWORD)
+
+
+async def test_remembering_logins_can_be_turned_off(store: Store, doctor: str) -> None:
+    store.verified_ttl = 0
+    await store.set_password(doctor, PASSWORD)
+    assert await store.verify_password(doctor, PASSWORD)
+    assert not store._verified
