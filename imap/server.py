@@ -216,9 +216,14 @@ class ImapServer:
         if self.stopping or not self.budget.acquire(ip):
             self.refused += 1
             with contextlib.suppress(Exception):
-                if not self.implicit_tls:  # nothing can be said before the TLS handshake
-                    writer.write(b"* BYE [UNAVAILABLE] Too many connections, try later\r\n")
-                    await asyncio.wait_for(writer.drain(), 5)
+                if self.implicit_tls:
+                    # Nothing can be said before the handshake: a bounded one, so that the
+                    # client reads why (as Dovecot's login process does) instead of a TLS error.
+                    assert self.tls_context is not None
+                    async with asyncio.timeout(5):
+                        await writer.start_tls(self.tls_context)
+                writer.write(b"* BYE [UNAVAILABLE] Too many connections, try later\r\n")
+                await asyncio.wait_for(writer.drain(), 5)
             writer.close()
             return
         session = Session(self, reader, writer, ip)

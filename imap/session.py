@@ -112,6 +112,8 @@ _STATUS_ITEMS = frozenset(
     {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ"}
 )
 _ENABLEABLE = {"CONDSTORE", "QRESYNC", "IMAP4REV2"}
+_LIST_SELECTION = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+_LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "STATUS", "SPECIAL-USE"})
 _FLAGS_RESPONSE = b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n"
 _PERMANENT = (
     b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Limited\r\n"
@@ -149,6 +151,7 @@ class Session:
         self.out = bytearray()
         self.errors = 0
         self.auth_failures = 0
+        self._queued = False
 
     # -- output --------------------------------------------------------------------------------
 
@@ -256,6 +259,8 @@ class Session:
             elif isinstance(event, IdleDone):
                 self.bad(None, "DONE without IDLE")
             else:
+                # Commands already framed behind this one (STARTTLS must refuse them).
+                self._queued = bool(queue)
                 leftover = await self._run_command(event)
                 if leftover:
                     queue.extendleft(reversed(leftover))
@@ -293,6 +298,10 @@ class Session:
         refusal = self._allowed(cmd.name)
         if refusal is not None:
             self.bad(cmd.tag, refusal)
+            if cmd.name == "IDLE" and self.parser.idling:
+                # The parser waits for DONE after IDLE: not after a refused one.
+                self.parser.end_idle()
+                return self.parser.feed(b"")
             return None
         leftover: list[Event] | None = None
         try:
@@ -372,7 +381,9 @@ class Session:
         elif name == "STARTTLS":
             await self._starttls(tag)
         elif name == "NAMESPACE":
-            shared = response.string(self._wire_name(SHARED_PREFIX + DELIMITER))
+            shared = response.string(
+                self._wire_name(SHARED_PREFIX + DELIMITER), utf8=self.modes.rev2
+            )
             self.send(b'* NAMESPACE (("" "/")) NIL ((%s "/"))\r\n' % shared)
             self.tagged(tag, "OK", "NAMESPACE completed")
         elif name == "CLOSE":
@@ -397,7 +408,7 @@ class Session:
             return
         self.tagged(tag, "OK", "Begin TLS negotiation now")
         await self.flush()
-        if self.parser.pending or self.reader._buffer:  # type: ignore[attr-defined]
+        if self._queued or self.parser.pending or self.reader._buffer:  # type: ignore[attr-defined]
             # Commands sent in clear after STARTTLS would run as if sent over TLS
             # (CVE-2011-0411 for IMAP: RFC 9051 §6.2.1 forbids pipelining past STARTTLS).
             self.send(b"* BYE Commands pipelined after STARTTLS\r\n")
@@ -594,6 +605,11 @@ class Session:
         out += b"* %d EXISTS\r\n" % len(uids)
         if not self.modes.rev2:
             out += b"* 0 RECENT\r\n"
+            # RFC 3501 §6.3.1 (gone from IMAP4rev2): the first unseen message, as Dovecot does.
+            first = await self.store.first_unseen_uid(folder.id) if totals.unseen else None
+            seq = self.selected.seq_of(first) if first is not None else None
+            if seq is not None:
+                out += b"* OK [UNSEEN %d] First unseen\r\n" % seq
         out += b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uidvalidity
         out += b"* OK [UIDNEXT %d] Predicted next UID\r\n" % folder.uid_next
         out += b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % folder.highest_modseq
@@ -627,7 +643,14 @@ class Session:
     async def _create(self, cmd: Create) -> None:
         assert self.namespace is not None
         name = self._name(cmd.mailbox).rstrip(DELIMITER)
-        target = await self.namespace.resolve(name)
+        try:
+            target = await self.namespace.resolve(name)
+        except NoSuchMailbox:
+            if name.split(DELIMITER)[0] == SHARED_PREFIX:
+                raise  # no such delegated BAL
+            # Too long, an empty level, control characters: Dovecot says CANNOT.
+            self.tagged(cmd.tag, "NO", "Invalid mailbox name", "CANNOT")
+            return
         if target.shared and not target.writable:
             raise NoPermission("Read-only delegation")
         special = cmd.special_use[0] if cmd.special_use else None
@@ -675,6 +698,16 @@ class Session:
                 await self._unselect()
             await self.store.delete_folder(target.bal, folder.name)
             self.tagged(cmd.tag, "OK", "DELETE completed")
+        elif target.shared:
+            # Subscriptions are the user's own (RFC 9051 §6.3.7), but the store keeps one flag
+            # per folder, the owner's: a delegate must not change it. Delegated mailboxes are
+            # listed as the owner subscribed them.
+            if cmd.name == "UNSUBSCRIBE":
+                self.tagged(
+                    cmd.tag, "NO", "Subscriptions of a delegated BAL belong to its owner", "CANNOT"
+                )
+            else:
+                self.tagged(cmd.tag, "OK", "SUBSCRIBE completed")
         else:
             await self.store.set_subscribed(folder.id, cmd.name == "SUBSCRIBE")
             self.tagged(cmd.tag, "OK", f"{cmd.name} completed")
@@ -688,6 +721,14 @@ class Session:
             return
         if old_target.shared and not old_target.writable:
             raise NoPermission("Read-only delegation")
+        if folder.name != "INBOX" and new_target.folder.startswith(folder.name + DELIMITER):
+            self.tagged(cmd.tag, "NO", "Cannot rename a mailbox under itself", "CANNOT")
+            return
+        # RFC 9051 §6.3.6: the superior levels the new name needs are created.
+        parts = new_target.folder.split(DELIMITER)
+        for depth in range(1, len(parts)):
+            with contextlib.suppress(FolderExists):
+                await self.store.create_folder(new_target.bal, DELIMITER.join(parts[:depth]))
         if folder.name == "INBOX":
             # RFC 9051 §6.3.6: renaming INBOX moves its messages to the new folder.
             try:
@@ -717,20 +758,45 @@ class Session:
             self.send(b'* LIST (\\Noselect) "/" ""\r\n')
             self.tagged(cmd.tag, "OK", "LIST completed")
             return
+        unknown = [o for o in cmd.selection if o not in _LIST_SELECTION] + [
+            o for o in cmd.returns if o not in _LIST_RETURN
+        ]
+        if unknown:
+            self.bad(cmd.tag, f"Unknown LIST option {unknown[0][:30]}")
+            return
+        recursive = "RECURSIVEMATCH" in cmd.selection
+        if recursive and not set(cmd.selection) - {"RECURSIVEMATCH", "REMOTE"}:
+            # RFC 5258 §3: RECURSIVEMATCH alone (or with REMOTE) is an error.
+            self.bad(cmd.tag, "RECURSIVEMATCH needs another selection option")
+            return
         subscribed_only = lsub or "SUBSCRIBED" in cmd.selection
         want_subscribed = subscribed_only or "SUBSCRIBED" in cmd.returns
         want_children = True
         special_only = "SPECIAL-USE" in cmd.selection
-        want_special = special_only or "SPECIAL-USE" in cmd.returns or not cmd.returns
         entries = await self.namespace.visible()
         names = {e.name for e in entries}
+        subscribed_names = {e.name for e in entries if e.folder is not None and e.folder.subscribed}
         for entry in entries:
             if not any(matches(reference, p, entry.name) for p in patterns):
                 continue
             folder = entry.folder
-            if subscribed_only and (folder is None or not folder.subscribed):
+            # RFC 5258 §3.5: with RECURSIVEMATCH a parent of subscribed mailboxes is returned
+            # (subscribed or not) with CHILDINFO.
+            childinfo = (
+                not lsub
+                and recursive
+                and subscribed_only
+                and has_children(entry.name, subscribed_names)
+            )
+            if subscribed_only and (folder is None or not folder.subscribed) and not childinfo:
                 continue
-            if special_only and (folder is None or not folder.special_use):
+            # A delegated BAL's Sent or Trash is not the user's: no special-use there.
+            special = (
+                folder.special_use
+                if folder is not None and entry.target is not None and not entry.target.shared
+                else None
+            )
+            if special_only and not special:
                 continue
             attributes: list[str] = []
             if folder is None:
@@ -741,12 +807,14 @@ class Session:
                 )
             if want_subscribed and folder is not None and folder.subscribed and not lsub:
                 attributes.append("\\Subscribed")
-            if want_special and folder is not None and folder.special_use:
-                attributes.append(folder.special_use)
+            if special:
+                # RFC 6154 §2 lets them appear without RETURN (SPECIAL-USE): as Dovecot does.
+                attributes.append(special)
             verb = b"LSUB" if lsub else b"LIST"
+            extended = b' ("CHILDINFO" ("SUBSCRIBED"))' if childinfo else b""
             self.send(
-                b'* %s (%s) "/" %s\r\n'
-                % (verb, " ".join(attributes).encode(), self._mailbox(entry.name))
+                b'* %s (%s) "/" %s%s\r\n'
+                % (verb, " ".join(attributes).encode(), self._mailbox(entry.name), extended)
             )
             if cmd.return_status is not None and folder is not None:
                 self.send(await self._status_response(entry.name, folder.id, cmd.return_status))
@@ -801,12 +869,22 @@ class Session:
         if await self._over_quota(target.bal, total):
             self.tagged(cmd.tag, "NO", "Quota depasse", "OVERQUOTA")
             return
-        uids: list[int] = []
+        # RFC 3502 §6.3.11: all messages or none, so every check comes before the first save.
         for message in cmd.messages:
             if len(message.data) > self.limits.max_message_size:
                 self.tagged(cmd.tag, "NO", "Message too large", "TOOBIG")
                 return
-            flags, keywords = _split_flags(message.flags)
+            if not message.data:
+                # An empty literal is no RFC 5322 message; Dovecot refuses it too.
+                self.tagged(cmd.tag, "NO", "Cannot save an empty message")
+                return
+        try:
+            split = [_split_flags(m.flags) for m in cmd.messages]
+        except ValueError as exc:
+            self.bad(cmd.tag, str(exc))
+            return
+        uids: list[int] = []
+        for message, (flags, keywords) in zip(cmd.messages, split, strict=True):
             result = await self.store.deliver(
                 target.bal,
                 message.data,
@@ -874,9 +952,10 @@ class Session:
                         await self._updates("IDLE")
                         self.tagged(tag, "OK", "IDLE terminated")
                         return rest
-                    # Anything but DONE ends IDLE with an error (the parser said so).
+                    # Anything but DONE ends IDLE with an error: one tagged BAD, the
+                    # parser's own error for that line is not sent as well.
                     self.bad(tag, "Expected DONE")
-                    return events
+                    return rest if isinstance(first, ParseError) else events
                 if read_task is None:
                     read_task = asyncio.ensure_future(self.reader.read(65536))
                 waiters: set[asyncio.Future[object]] = {read_task}  # type: ignore[arg-type]
@@ -1009,6 +1088,8 @@ class Session:
             i.uid: i for i in await self.store.list_messages(selected.id, [u for _, u in pairs])
         }
         sets_seen = not selected.read_only and any(_sets_seen(a) for a in attributes)
+        # RFC 9051 §6.4.5: FLAGS go with the data only for the messages \Seen was set on now.
+        newly_seen: set[int] = set()
         if sets_seen:
             unseen = [u for u in infos if Flag.SEEN not in infos[u].flags]
             if unseen:
@@ -1016,6 +1097,7 @@ class Session:
                     selected.id, unseen, flags=Flag.SEEN, mode="add"
                 )
                 for change in changes_made:
+                    newly_seen.add(change.uid)
                     old = infos[change.uid]
                     infos[change.uid] = _with_flags(
                         old, change.flags, change.keywords, change.modseq
@@ -1029,7 +1111,7 @@ class Session:
                 continue
             if cmd.changed_since is not None and info.modseq <= cmd.changed_since:
                 continue
-            self.send(await self._fetch_response(seq, info, attributes, sets_seen))
+            self.send(await self._fetch_response(seq, info, attributes, uid in newly_seen))
             await self.maybe_flush()
         await self._updates("UID FETCH" if cmd.uid else "FETCH")
         if missing and not cmd.uid:

@@ -957,6 +957,19 @@ class Store(DirectoryStateStore, AddressBookStore):
             ).one()
         return FolderTotals(_folder(row), *(int(c) for c in counts))
 
+    async def first_unseen_uid(self, folder_id: int) -> int | None:
+        """The lowest UID without \\Seen (IMAP4rev1 SELECT's ``OK [UNSEEN n]``), or None."""
+        async with self.db.reader.connect() as conn:
+            uid = (
+                await conn.execute(
+                    select(func.min(messages.c.uid)).where(
+                        messages.c.folder_id == folder_id,
+                        messages.c.flags.op("&")(int(Flag.SEEN)) == 0,
+                    )
+                )
+            ).scalar()
+        return None if uid is None else int(uid)
+
     async def read_message(self, message: MessageInfo) -> bytes:
         return await self.blobs.read(message.blob)
 

@@ -206,3 +206,17 @@ def message(
         f"Message-ID: <{abs(hash(subject + body))}@test>\r\n{extra}"
         "\r\n" + body
     ).encode()
+
+
+@pytest.fixture(autouse=True)
+def _cheap_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Argon2 at its production cost makes every login and every fixture set-up take tenths of
+    a second; the protocol tests use the cheapest parameters (run before ``store``: autouse)."""
+    import argon2
+
+    import store.store as store_module
+
+    def cheap() -> argon2.PasswordHasher:
+        return argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+
+    monkeypatch.setattr(store_module, "PasswordHasher", cheap)
