@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.ldap_bench
 	scripts/bench-services.sh
 	$(BIN)/python -m bench.mta_bench --sink --wait-quiet 180
+	$(BIN)/python -m bench.imap_bench
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install what bench/mta_bench.py compares Colombe with: Debian's Postfix and Dovecot (core + LMTP).
+# Install what bench/mta_bench.py and bench/imap_bench.py compare Colombe with: Debian's Postfix and
+# Dovecot (core + LMTP + IMAP).
 # Idempotent. The packages' own system instances are NOT wanted (they would listen on every
 # interface, port 25 included): the bench runs private instances in a temporary directory, so the
 # system services are kept from starting during the install (policy-rc.d answering 101, "action
@@ -9,7 +10,7 @@ set -euo pipefail
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
   echo "need root (or sudo) to run: $*" >&2; exit 1; fi; }
 
-PACKAGES=(postfix dovecot-core dovecot-lmtpd)
+PACKAGES=(postfix dovecot-core dovecot-lmtpd dovecot-imapd)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -51,3 +52,4 @@ done
 command -v /usr/sbin/postfix >/dev/null
 command -v /usr/sbin/dovecot >/dev/null
 test -x /usr/lib/dovecot/lmtp
+test -x /usr/lib/dovecot/imap
