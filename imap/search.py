@@ -39,6 +39,7 @@ import binascii
 import enum
 import re
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -319,9 +320,25 @@ def _decode_header_block(block: bytes) -> list[tuple[str, str]]:
     return fields
 
 
+# Decoded header fields by blob digest: a blob never changes (content-addressed), so a search
+# run again over the same messages (practice software polling) decodes nothing.
+_DECODED: OrderedDict[str, list[tuple[str, str]]] = OrderedDict()
+DECODED_CACHE_SIZE = 20_000
+
+
 def _fields(c: Candidate) -> list[tuple[str, str]]:
     if c._fields is None:
-        c._fields = _decode_header_block(_header_block(c))
+        complete = c.header is not None or c.raw is not None
+        cached = _DECODED.get(c.info.blob) if complete and c.info.blob else None
+        if cached is None:
+            cached = _decode_header_block(_header_block(c))
+            if complete and c.info.blob:
+                _DECODED[c.info.blob] = cached
+                if len(_DECODED) > DECODED_CACHE_SIZE:
+                    _DECODED.popitem(last=False)
+        else:
+            _DECODED.move_to_end(c.info.blob)
+        c._fields = cached
     return c._fields
 
 

@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from imap.cache import FormattedCache
+from pki.tls import compact_tls_read_buffers
 from store import Store
 
 if TYPE_CHECKING:
@@ -166,6 +168,7 @@ class ImapServer:
         self.budget = budget or Budget(limits)
         self.throttle = throttle or LoginThrottle()
         self.hostname = hostname
+        self.formatted = FormattedCache()
         self.stopping = False
         self._server: asyncio.Server | None = None
         self._sessions: set[Session] = set()
@@ -184,6 +187,7 @@ class ImapServer:
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
         self.stopping = False
+        compact_tls_read_buffers()
         self._server = await asyncio.start_server(
             self._serve,
             host,

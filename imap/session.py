@@ -69,6 +69,7 @@ from imap.selected import Modes, SelectedMailbox
 from imap.server import AuthUnavailable
 from store.errors import FolderExists, InvalidInput, StoreError
 from store.model import Flag, MessageInfo
+from store.store import HEADER_ROW_LIMIT
 
 if TYPE_CHECKING:
     from imap.server import ImapServer
@@ -1023,7 +1024,11 @@ class Session:
         need = search.needs(cmd.criteria)
         if search.uses_modseq(cmd.criteria):
             self.modes.condstore = True
-        infos = await self.store.list_messages(selected.id)
+        # Flags, dates and sizes need no MIME structure; header keys need the header block.
+        full = need is search.Need.FULL
+        infos = await self.store.list_messages(
+            selected.id, structure=full, header=need is not search.Need.METADATA
+        )
         scope = search.Scope(
             uids=selected.uids,
             count=selected.exists,
@@ -1037,7 +1042,7 @@ class Session:
                 continue
             candidate = search.Candidate(seq, info.uid, info, info.uid in selected.recent)
             if need is search.Need.HEADER:
-                candidate.header = await self.store.read_header(info)
+                candidate.header = await self._header_block(info)
             elif need is search.Need.FULL:
                 candidate.raw = await self.store.read_message(info)
             if search.matches(cmd.criteria, candidate, scope):
@@ -1064,6 +1069,13 @@ class Session:
         await self._updates("UID SEARCH" if cmd.uid else "SEARCH")
         self.tagged(cmd.tag, "OK", "SEARCH completed")
 
+    async def _header_block(self, info: MessageInfo) -> bytes:
+        """The complete top-level header: the stored copy unless it was cut at delivery."""
+        if len(info.header) < HEADER_ROW_LIMIT:
+            return info.header
+        (whole,) = await self.store.list_messages(info.folder_id, [info.uid])
+        return await self.store.read_header(whole)
+
     async def _fetch(self, cmd: Fetch) -> None:
         selected = self.selected
         assert selected is not None
@@ -1084,9 +1096,7 @@ class Session:
             gone = [u for u in changes.vanished if sequence.contains(cmd.sequence, u, largest)]
             if gone:
                 self.send(b"* VANISHED (EARLIER) %s\r\n" % sequence.compact(gone).encode())
-        infos = {
-            i.uid: i for i in await self.store.list_messages(selected.id, [u for _, u in pairs])
-        }
+        infos = await self._fetch_metadata(selected.id, [u for _, u in pairs], attributes)
         sets_seen = not selected.read_only and any(_sets_seen(a) for a in attributes)
         # RFC 9051 §6.4.5: FLAGS go with the data only for the messages \Seen was set on now.
         newly_seen: set[int] = set()
@@ -1119,12 +1129,41 @@ class Session:
         else:
             self.tagged(cmd.tag, "OK", "FETCH completed")
 
+    async def _fetch_metadata(
+        self, folder_id: int, uids: list[int], attributes: list[FetchAttr]
+    ) -> dict[int, MessageInfo]:
+        """The rows FETCH needs, decoding the MIME structure only where it must: for sections,
+        and for ENVELOPE/BODYSTRUCTURE not already formatted in the cache."""
+        structure = any(_needs_structure(a) for a in attributes)
+        found = await self.store.list_messages(
+            folder_id, uids, structure=structure, header=structure
+        )
+        infos = {i.uid: i for i in found}
+        kinds = [k for a in attributes if (k := _formatted_kind(a)) is not None]
+        if structure or not kinds:
+            return infos
+        cache, utf8 = self.server.formatted, self.modes.rev2
+        missing = [i.uid for i in found if any((i.blob, k, utf8) not in cache for k in kinds)]
+        if missing:
+            for info in await self.store.list_messages(folder_id, missing, header=False):
+                infos[info.uid] = info
+        return infos
+
+    def _formatted(self, info: MessageInfo, kind: str) -> bytes:
+        utf8 = self.modes.rev2
+
+        def compute() -> bytes:
+            if kind == "ENVELOPE":
+                return response.envelope(info.envelope, utf8=utf8)
+            return response.bodystructure(info.body, extensible=kind == "BODYSTRUCTURE", utf8=utf8)
+
+        return self.server.formatted.get((info.blob, kind, utf8), compute)
+
     async def _fetch_response(
         self, seq: int, info: MessageInfo, attributes: list[FetchAttr], seen_set: bool
     ) -> bytes:
         selected = self.selected
         assert selected is not None
-        utf8 = self.modes.rev2
         raw: bytes | None = None
         header: bytes | None = None
         items: list[bytes] = []
@@ -1144,16 +1183,11 @@ class Session:
             elif name == "RFC822.SIZE":
                 items.append(b"RFC822.SIZE %d" % info.size)
             elif name == "ENVELOPE":
-                items.append(b"ENVELOPE " + response.envelope(info.envelope, utf8=utf8))
+                items.append(b"ENVELOPE " + self._formatted(info, "ENVELOPE"))
             elif name == "BODYSTRUCTURE":
-                items.append(
-                    b"BODYSTRUCTURE "
-                    + response.bodystructure(info.body, extensible=True, utf8=utf8)
-                )
+                items.append(b"BODYSTRUCTURE " + self._formatted(info, "BODYSTRUCTURE"))
             elif name == "BODY" and attr.section is None:
-                items.append(
-                    b"BODY " + response.bodystructure(info.body, extensible=False, utf8=utf8)
-                )
+                items.append(b"BODY " + self._formatted(info, "BODY"))
             elif name == "MODSEQ":
                 pass  # added below, once
             elif name in ("RFC822.HEADER",) or (
@@ -1343,6 +1377,23 @@ def _sets_seen(attr: FetchAttr) -> bool:
 
 def _sets_seen_any(attributes: list[FetchAttr]) -> bool:
     return any(_sets_seen(a) for a in attributes)
+
+
+def _formatted_kind(attr: FetchAttr) -> str | None:
+    if attr.name in ("ENVELOPE", "BODYSTRUCTURE"):
+        return attr.name
+    if attr.name == "BODY" and attr.section is None:
+        return "BODY"
+    return None
+
+
+def _needs_structure(attr: FetchAttr) -> bool:
+    """Whether the item reads the MIME structure (part offsets): every section but the whole
+    message, and BINARY."""
+    if attr.name in ("RFC822.HEADER", "RFC822.TEXT", "BINARY", "BINARY.SIZE"):
+        return True
+    section = attr.section
+    return attr.name == "BODY" and section is not None and bool(section.part or section.text)
 
 
 def _header_only(section: Section) -> bool:

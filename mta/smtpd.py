@@ -57,7 +57,7 @@ from mta.smtp_proto import (
     parse_command,
     parse_path,
 )
-from pki.tls import peer_certificate
+from pki.tls import compact_tls_read_buffers, peer_certificate
 from pki.verify import Verdict
 
 log = logging.getLogger(__name__)
@@ -316,6 +316,7 @@ class Listener:
         """Listen; ``reuse_port``: several processes share the port (the kernel spreads the
         connections between them)."""
         self.stopping = False
+        compact_tls_read_buffers()
         self._server = await asyncio.start_server(
             self._serve,
             host,

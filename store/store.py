@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import re
 import secrets
@@ -188,7 +189,11 @@ def _folder(row: Row[Any]) -> Folder:
     )
 
 
+_OPTIONAL_COLUMNS = frozenset({"envelope", "body", "header"})
+
+
 def _message(row: Row[Any]) -> MessageInfo:
+    fields = row._mapping
     return MessageInfo(
         folder_id=row.folder_id,
         uid=row.uid,
@@ -198,9 +203,9 @@ def _message(row: Row[Any]) -> MessageInfo:
         blob=row.blob,
         flags=Flag(row.flags),
         keywords=tuple(row.keywords),
-        envelope=row.envelope,
-        body=row.body,
-        header=bytes(row.header),
+        envelope=fields.get("envelope") or {},
+        body=fields.get("body") or {},
+        header=bytes(fields.get("header") or b""),
         subject=row.subject,
         message_id=row.message_id,
         sent_date=row.sent_date,
@@ -249,6 +254,7 @@ class Store(DirectoryStateStore, AddressBookStore):
         self._verified: dict[bytes, float] = {}
         self._verified_key = secrets.token_bytes(32)
         self._folder_ids: dict[tuple[str, str], int] = {}
+        self._changes_in_flight: dict[tuple[int, int], asyncio.Future[FolderChanges]] = {}
         # Set after a BAL change commits in this process: wakes the directory publisher at once
         # (other processes' changes are found by its periodic look at the publication queue).
         self.bal_changed = asyncio.Event()
@@ -878,16 +884,30 @@ class Store(DirectoryStateStore, AddressBookStore):
     # -- reading ----------------------------------------------------------------------------------
 
     async def list_messages(
-        self, folder_id: int, uids: Sequence[int] | None = None
+        self,
+        folder_id: int,
+        uids: Sequence[int] | None = None,
+        *,
+        structure: bool = True,
+        header: bool = True,
     ) -> list[MessageInfo]:
-        """Metadata of the messages of a folder (all, or the given UIDs), in UID order."""
+        """Metadata of the messages of a folder (all, or the given UIDs), in UID order.
+
+        ``structure=False`` leaves out the ENVELOPE and BODYSTRUCTURE (empty dicts), and
+        ``header=False`` the stored header block (empty): decoding them is most of the cost of
+        reading many rows, and flags, sizes and dates need none of it.
+        """
+        columns = [c for c in messages.c if c.name not in _OPTIONAL_COLUMNS]
+        if structure:
+            columns += [messages.c.envelope, messages.c.body]
+        if header:
+            columns.append(messages.c.header)
+        query = select(*columns)
         async with self.db.reader.connect() as conn:
             if uids is None:
                 rows = (
                     await conn.execute(
-                        select(messages)
-                        .where(messages.c.folder_id == folder_id)
-                        .order_by(messages.c.uid)
+                        query.where(messages.c.folder_id == folder_id).order_by(messages.c.uid)
                     )
                 ).all()
             else:
@@ -896,9 +916,9 @@ class Store(DirectoryStateStore, AddressBookStore):
                     rows.extend(
                         (
                             await conn.execute(
-                                select(messages)
-                                .where(messages.c.folder_id == folder_id, messages.c.uid.in_(chunk))
-                                .order_by(messages.c.uid)
+                                query.where(
+                                    messages.c.folder_id == folder_id, messages.c.uid.in_(chunk)
+                                ).order_by(messages.c.uid)
                             )
                         ).all()
                     )
@@ -1189,8 +1209,39 @@ class Store(DirectoryStateStore, AddressBookStore):
             ).one()
         return int(row[0]), int(row[1])
 
-    async def changes_since(self, folder_id: int, modseq: int) -> FolderChanges:
-        """Flag changes and expunges after ``modseq`` (new messages show up as changes too)."""
+    async def changes_since(
+        self, folder_id: int, modseq: int, *, covering: int = 0
+    ) -> FolderChanges:
+        """Flag changes and expunges after ``modseq`` (new messages show up as changes too).
+
+        Callers asking the same question at the same time share one query: a delivery wakes
+        every IMAP session of the BAL at once. ``covering`` is the MODSEQ of the notification
+        the caller woke for; a shared answer older than that is not used (the query must have
+        started after that commit), so sharing never hides a change.
+        """
+        key = (folder_id, modseq)
+        pending = self._changes_in_flight.get(key)
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                shared = await asyncio.shield(pending)
+                if shared.highest_modseq >= covering:
+                    return shared
+        future: asyncio.Future[FolderChanges] = asyncio.get_running_loop().create_future()
+        self._changes_in_flight[key] = future
+        try:
+            result = await self._changes_since(folder_id, modseq)
+        except BaseException as exc:
+            future.set_exception(exc if isinstance(exc, Exception) else StoreError("cancelled"))
+            future.exception()  # retrieved: nobody may be waiting
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            if self._changes_in_flight.get(key) is future:
+                del self._changes_in_flight[key]
+
+    async def _changes_since(self, folder_id: int, modseq: int) -> FolderChanges:
         async with self.db.reader.connect() as conn:
             top = (
                 await conn.execute(

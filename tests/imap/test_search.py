@@ -6,7 +6,9 @@ RFC 4731 (ESEARCH), RFC 5182 (SEARCHRES).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
 from collections.abc import Sequence
 
 import pytest
@@ -64,7 +66,7 @@ def info_of(
         modseq=modseq,
         internal_date=internal_date,
         size=len(raw),
-        blob="blob",
+        blob=hashlib.sha256(raw).hexdigest(),  # content-addressed, as in the store
         flags=flags,
         keywords=keywords,
         envelope=meta.envelope,
@@ -323,9 +325,12 @@ def test_header_in_latin1_8bit_is_read_as_latin1() -> None:
 
 def test_complete_header_block_is_preferred_over_stored_one() -> None:
     # MessageInfo.header may be truncated at delivery: the session loads the full block.
-    c = Candidate(1, 1, info_of(FOLDED), recent=False, header=b"Subject: Nouveau\r\n\r\n")
+    raw = b"X-Long: " + b"x" * 200 + b"\r\nSubject: Nouveau\r\n\r\ncorps\r\n"
+    complete = info_of(raw).header
+    cut = dataclasses.replace(info_of(raw), header=complete[:50])
+    assert not hit(SearchTextKey("SUBJECT", "nouveau"), Candidate(1, 1, cut, recent=False))
+    c = Candidate(1, 1, cut, recent=False, header=complete)
     assert hit(SearchTextKey("SUBJECT", "nouveau"), c)
-    assert not hit(SearchTextKey("SUBJECT", "compte rendu"), c)
 
 
 def test_stored_header_is_used_when_nothing_else_was_loaded() -> None:
@@ -653,3 +658,16 @@ def test_body_with_truncated_base64_decodes_complete_octets() -> None:
         b"Qm9uam91ciBkb2N0ZXVyLCBtZXJjaSEhQ\r\n"
     )
     assert hit(SearchTextKey("BODY", "bonjour docteur, merci!!"), candidate(raw))
+
+
+def test_decoded_header_cache_is_keyed_by_content() -> None:
+    """Two messages never share decoded fields, however often they are searched."""
+    first = info_of(b"Subject: Premier\r\n\r\nx\r\n")
+    second = info_of(b"Subject: Second\r\n\r\nx\r\n")
+    for _ in range(2):
+        for info, subject in ((first, "Premier"), (second, "Second")):
+            c = Candidate(1, 1, info, False, header=info.header)
+            assert hit(SearchTextKey("SUBJECT", subject), c)
+            assert not hit(
+                SearchTextKey("SUBJECT", "Premier" if subject == "Second" else "Second"), c
+            )
