@@ -1025,10 +1025,12 @@ class Session:
         if search.uses_modseq(cmd.criteria):
             self.modes.condstore = True
         # Flags, dates and sizes need no MIME structure; header keys need the header block.
-        full = need is search.Need.FULL
-        infos = await self.store.list_messages(
-            selected.id, structure=full, header=need is not search.Need.METADATA
-        )
+        columns: tuple[str, ...] | None = _SEARCH_COLUMNS
+        if need is search.Need.HEADER:
+            columns = (*_SEARCH_COLUMNS, "header")
+        elif need is search.Need.FULL:
+            columns = None
+        infos = await self.store.list_messages(selected.id, columns=columns)
         scope = search.Scope(
             uids=selected.uids,
             count=selected.exists,
@@ -1134,18 +1136,23 @@ class Session:
     ) -> dict[int, MessageInfo]:
         """The rows FETCH needs, decoding the MIME structure only where it must: for sections,
         and for ENVELOPE/BODYSTRUCTURE not already formatted in the cache."""
-        structure = any(_needs_structure(a) for a in attributes)
-        found = await self.store.list_messages(
-            folder_id, uids, structure=structure, header=structure
-        )
+        if any(_needs_structure(a) for a in attributes):
+            return {i.uid: i for i in await self.store.list_messages(folder_id, uids)}
+        columns: set[str] = set()
+        for attr in attributes:
+            columns.update(_COLUMNS_OF.get(attr.name, ()))
+            if _sets_seen(attr):
+                columns.update(("flags", "keywords", "modseq"))
+        if self.modes.condstore:
+            columns.add("modseq")
+        found = await self.store.list_messages(folder_id, uids, columns=columns)
         infos = {i.uid: i for i in found}
         kinds = [k for a in attributes if (k := _formatted_kind(a)) is not None]
-        if structure or not kinds:
-            return infos
         cache, utf8 = self.server.formatted, self.modes.rev2
         missing = [i.uid for i in found if any((i.blob, k, utf8) not in cache for k in kinds)]
         if missing:
-            for info in await self.store.list_messages(folder_id, missing, header=False):
+            columns.update(("envelope", "body"))
+            for info in await self.store.list_messages(folder_id, missing, columns=columns):
                 infos[info.uid] = info
         return infos
 
@@ -1273,7 +1280,10 @@ class Session:
         modified: list[int] = []
         if cmd.unchanged_since is not None:
             unchanged_uids = [u for u in uids if u not in changed]
-            for info in await self.store.list_messages(selected.id, unchanged_uids):
+            unchanged = await self.store.list_messages(
+                selected.id, unchanged_uids, columns=("modseq",)
+            )
+            for info in unchanged:
                 if info.modseq > cmd.unchanged_since:
                     modified.append(info.uid if cmd.uid else selected.seq_of(info.uid) or 0)
         for seq, uid in pairs:
@@ -1325,7 +1335,7 @@ class Session:
         pairs = selected.resolve(cmd.sequence, uid=cmd.uid)
         uids = [u for _, u in pairs]
         if self.limits.quota_storage and uids:
-            infos = await self.store.list_messages(selected.id, uids)
+            infos = await self.store.list_messages(selected.id, uids, columns=("size",))
             if await self._over_quota(target.bal, sum(i.size for i in infos)):
                 self.tagged(cmd.tag, "NO", "Quota depasse", "OVERQUOTA")
                 return
@@ -1377,6 +1387,17 @@ def _sets_seen(attr: FetchAttr) -> bool:
 
 def _sets_seen_any(attributes: list[FetchAttr]) -> bool:
     return any(_sets_seen(a) for a in attributes)
+
+
+# The message columns each FETCH item reads (uid and blob always come).
+_COLUMNS_OF: dict[str, tuple[str, ...]] = {
+    "FLAGS": ("flags", "keywords"),
+    "INTERNALDATE": ("internal_date",),
+    "RFC822.SIZE": ("size",),
+    "MODSEQ": ("modseq",),
+}
+# What SEARCH reads for each level of need.
+_SEARCH_COLUMNS = ("modseq", "internal_date", "size", "flags", "keywords", "sent_date")
 
 
 def _formatted_kind(attr: FetchAttr) -> str | None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from store import Flag, Store
+from store.errors import InvalidInput
 from tests.store.messages import simple_message
 
 
@@ -108,3 +111,36 @@ async def test_change_feed_ignores_other_folders(store: Store, doctor: str) -> N
     async with store.changes.watch(sent.id) as watch:
         await store.deliver(doctor, simple_message())
         assert not await watch.wait(timeout=0.3)
+
+
+async def test_listing_only_some_columns_leaves_the_others_empty(store: Store, doctor: str) -> None:
+    """FETCH FLAGS and SEARCH UNSEEN read no MIME structure: what is not asked is empty."""
+    await store.deliver(doctor, simple_message("Colonnes"), flags=Flag.SEEN, keywords=["$Label1"])
+    folder_id = (await store.get_folder(doctor, "INBOX")).id
+    (whole,) = await store.list_messages(folder_id)
+    (light,) = await store.list_messages(folder_id, columns=("flags", "keywords"))
+    assert (light.uid, light.blob, light.flags, light.keywords) == (
+        whole.uid,
+        whole.blob,
+        Flag.SEEN,
+        ("$Label1",),
+    )
+    assert whole.envelope
+    assert whole.body
+    assert whole.header
+    assert (light.envelope, light.body, light.header, light.size) == ({}, {}, b"", 0)
+    with pytest.raises(InvalidInput):
+        await store.list_messages(folder_id, columns=("password_hash",))
+
+
+async def test_concurrent_identical_change_queries_share_one_answer(
+    store: Store, doctor: str
+) -> None:
+    """Every IMAP session of a BAL wakes for one delivery: they share the query, and an answer
+    older than the change a caller woke for is never used."""
+    result = await store.deliver(doctor, simple_message("Partage"))
+    answers = await asyncio.gather(
+        *(store.changes_since(result.folder_id, 0, covering=result.modseq) for _ in range(20))
+    )
+    assert all(a.highest_modseq >= result.modseq for a in answers)
+    assert all(a is answers[0] for a in answers[1:])
