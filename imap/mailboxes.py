@@ -8,9 +8,7 @@ Names here are Unicode; the session encodes them (modified UTF-7 for IMAP4rev1 c
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from functools import lru_cache
 
 from store import Store
 from store.errors import FolderNotFound, InvalidInput
@@ -109,26 +107,51 @@ def _folder_name(name: str) -> str:
         raise NoSuchMailbox(name) from None
 
 
-@lru_cache(maxsize=1024)
-def _pattern(reference: str, pattern: str) -> re.Pattern[str]:
-    # RFC 9051 §6.3.9: "*" matches anything, "%" anything but the hierarchy delimiter.
-    out = []
-    for ch in reference + pattern:
-        if ch == "*":
-            out.append(".*")
-        elif ch == "%":
-            out.append(f"[^{re.escape(DELIMITER)}]*")
-        else:
-            out.append(re.escape(ch))
-    text = "".join(out)
-    # INBOX is case-insensitive (RFC 9051 §5.1): match "inbox", "Inbox/..." too.
-    if text.upper().startswith("INBOX"):
-        text = "(?i:INBOX)" + text[5:]
-    return re.compile(text + r"\Z", re.DOTALL)
+MAX_PATTERN = 1024
+"""Octets in a LIST pattern (reference included); longer ones are refused."""
+
+
+class PatternTooLong(ValueError):
+    pass
 
 
 def matches(reference: str, pattern: str, name: str) -> bool:
-    return _pattern(reference, pattern).match(name) is not None
+    """RFC 9051 §6.3.9: ``*`` matches anything, ``%`` anything but the hierarchy delimiter.
+
+    Matched in O(len(pattern) x len(name)) by keeping the set of pattern positions reachable
+    so far (a regular expression would backtrack exponentially on ``***...x``, and one LIST
+    would stall every session of the process). INBOX is case-insensitive (RFC 9051 §5.1).
+    """
+    full = reference + pattern
+    if len(full) > MAX_PATTERN:
+        raise PatternTooLong(f"LIST pattern longer than {MAX_PATTERN} characters")
+    if full[:5].upper() == "INBOX" and name[:5].upper() == "INBOX":
+        full, name = "INBOX" + full[5:], "INBOX" + name[5:]
+    states = _closure(full, {0})
+    for ch in name:
+        following: set[int] = set()
+        for i in states:
+            if i == len(full):
+                continue
+            p = full[i]
+            if p == "*" or (p == "%" and ch != DELIMITER):
+                following.add(i)  # the wildcard takes this character and may take more
+            elif p == ch:
+                following.add(i + 1)
+        if not following:
+            return False
+        states = _closure(full, following)
+    return len(full) in states
+
+
+def _closure(pattern: str, states: set[int]) -> set[int]:
+    """Add the positions reachable by letting wildcards match nothing."""
+    out = set(states)
+    for i in sorted(states):
+        while i < len(pattern) and pattern[i] in "*%":
+            i += 1
+            out.add(i)
+    return out
 
 
 def has_children(name: str, names: set[str]) -> bool:

@@ -21,6 +21,9 @@ from store import Store
 from store.changes import FolderWatch
 from store.model import Flag, Folder
 
+FRESH = 2**63
+"""A ``covering`` MODSEQ no shared answer reaches: ask the store afresh."""
+
 
 @dataclass(slots=True)
 class Modes:
@@ -85,13 +88,15 @@ class SelectedMailbox:
         """Untagged responses for what changed since the client was last told."""
         if not self.watch.take() and not (expunges_allowed and self.pending_expunge):
             return b""
-        if self._only_own_changes():
+        covering = self.watch.modseq
+        if self.watch.resync:
+            self.watch.resync = False
+            covering = FRESH
+        elif self._only_own_changes():
             self.known_modseq = max(self.reported.values())
             self.reported.clear()
             return b""
-        changes = await self.store.changes_since(
-            self.id, self.known_modseq, covering=self.watch.modseq
-        )
+        changes = await self.store.changes_since(self.id, self.known_modseq, covering=covering)
         self.known_modseq = max(self.known_modseq, changes.highest_modseq)
         out = bytearray()
         present = set(self.uids)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from imap import response, search, sections, sequence, utf7
 from imap.mailboxes import (
     DELIMITER,
+    MAX_PATTERN,
     SHARED_PREFIX,
     Namespace,
     NoPermission,
@@ -67,7 +68,7 @@ from imap.model import (
 from imap.parser import CommandParser
 from imap.selected import Modes, SelectedMailbox
 from imap.server import AuthUnavailable
-from store.errors import FolderExists, InvalidInput, StoreError
+from store.errors import BalNotFound, FolderExists, FolderNotFound, InvalidInput, StoreError
 from store.model import Flag, MessageInfo
 from store.store import HEADER_ROW_LIMIT
 
@@ -111,6 +112,7 @@ _AUTHENTICATED_CAPABILITIES = (
 )
 _STATUS_ITEMS = frozenset(
     {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ"}
+    | {"APPENDLIMIT"}
 )
 _ENABLEABLE = {"CONDSTORE", "QRESYNC", "IMAP4REV2"}
 _LIST_SELECTION = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
@@ -152,6 +154,7 @@ class Session:
         self.out = bytearray()
         self.errors = 0
         self.auth_failures = 0
+        self.login_deadline = time.monotonic() + self.limits.login_timeout
         self._queued = False
 
     # -- output --------------------------------------------------------------------------------
@@ -228,7 +231,9 @@ class Session:
 
     def _timeout(self) -> float:
         if self.state is State.NOT_AUTHENTICATED:
-            return self.limits.login_timeout
+            # A whole deadline, not one per read: a stranger sending NOOP every minute must
+            # not hold a connection slot for ever.
+            return max(0.0, self.login_deadline - time.monotonic())
         return self.limits.timeout
 
     async def _read(self) -> bytes:
@@ -305,6 +310,7 @@ class Session:
                 return self.parser.feed(b"")
             return None
         leftover: list[Event] | None = None
+        errors_before = self.errors
         try:
             leftover = await self._dispatch(cmd)
         except NoSuchMailbox:
@@ -313,6 +319,13 @@ class Session:
             self.tagged(cmd.tag, "NO", str(exc) or "Permission denied", "NOPERM")
         except InvalidInput as exc:
             self.tagged(cmd.tag, "NO", str(exc)[:200].replace("\r", " ").replace("\n", " "))
+        except (FolderNotFound, BalNotFound):
+            # Deleted or renamed by someone else while this command ran.
+            self.tagged(cmd.tag, "NO", "Mailbox does not exist", "NONEXISTENT")
+        if self.errors == errors_before:
+            # Only consecutive errors count (as Dovecot): a long-lived client's occasional
+            # BAD must not add up to a disconnection.
+            self.errors = 0
         return leftover
 
     async def _dispatch(self, cmd: Command) -> list[Event] | None:
@@ -390,7 +403,7 @@ class Session:
         elif name == "CLOSE":
             selected = self.selected
             assert selected is not None
-            if not selected.read_only:
+            if await self._still_writable():
                 await self.store.expunge(selected.id)
             await self._unselect()
             self.tagged(tag, "OK", "CLOSE completed")
@@ -592,11 +605,13 @@ class Session:
         cm = self.store.changes.watch(folder.id)
         watch = await cm.__aenter__()
         self._watch_cm = cm
-        # The watch is in place before the mailbox is read: nothing can fall between the two.
-        uids = await self.store.uids(folder.id)
+        # The watch is in place before the mailbox is read, and the folder's HIGHESTMODSEQ is
+        # read before its UIDs: a change committed in between is both in the UID list and
+        # after the known MODSEQ, so the next poll reports it (at worst twice), never loses it.
         totals = await self.store.folder_totals(folder.id)
         folder = totals.folder
-        watch.take()
+        uids = await self.store.uids(folder.id)
+        uid_next = max(folder.uid_next, uids[-1] + 1 if uids else 1)
         self.selected = SelectedMailbox(
             self.store, target, folder, read_only, watch, uids, folder.highest_modseq
         )
@@ -612,13 +627,30 @@ class Session:
             if seq is not None:
                 out += b"* OK [UNSEEN %d] First unseen\r\n" % seq
         out += b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uidvalidity
-        out += b"* OK [UIDNEXT %d] Predicted next UID\r\n" % folder.uid_next
+        out += b"* OK [UIDNEXT %d] Predicted next UID\r\n" % uid_next
         out += b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % folder.highest_modseq
         if cmd.qresync is not None and cmd.qresync.uidvalidity == folder.uidvalidity:
             out += await self._qresync(cmd.qresync)
         self.send(bytes(out))
         code = "READ-ONLY" if read_only else "READ-WRITE"
         self.tagged(cmd.tag, "OK", f"{cmd.name} completed", code)
+
+    async def _still_writable(self) -> bool:
+        """Whether the selected mailbox may be changed now. A delegation is looked up again at
+        each change: rights the owner withdrew do not survive in an open session."""
+        selected = self.selected
+        assert selected is not None
+        assert self.namespace is not None
+        if selected.read_only:
+            return False
+        if not selected.target.shared:
+            return True
+        rights = {d.bal: d for d in await self.namespace.delegations()}
+        delegation = rights.get(selected.target.bal)
+        if delegation is None or not delegation.can_write:
+            selected.read_only = True
+            return False
+        return True
 
     async def _qresync(self, params: QResyncParams) -> bytes:
         """RFC 7162 §3.2.5.1: what changed since the client's MODSEQ: VANISHED (EARLIER) and
@@ -629,8 +661,7 @@ class Session:
         out = bytearray()
         vanished = list(changes.vanished)
         if params.known_uids is not None:
-            largest = max(vanished, default=0)
-            vanished = [u for u in vanished if sequence.contains(params.known_uids, u, largest)]
+            vanished = sequence.select(params.known_uids, sorted(vanished))
         if vanished:
             out += b"* VANISHED (EARLIER) %s\r\n" % sequence.compact(vanished).encode()
         for change in changes.changed:
@@ -774,6 +805,9 @@ class Session:
         want_subscribed = subscribed_only or "SUBSCRIBED" in cmd.returns
         want_children = True
         special_only = "SPECIAL-USE" in cmd.selection
+        if any(len(reference) + len(p) > MAX_PATTERN for p in patterns):
+            self.bad(cmd.tag, f"LIST pattern longer than {MAX_PATTERN} characters")
+            return
         entries = await self.namespace.visible()
         names = {e.name for e in entries}
         subscribed_names = {e.name for e in entries if e.folder is not None and e.folder.subscribed}
@@ -834,6 +868,7 @@ class Session:
             "DELETED": totals.deleted,
             "SIZE": totals.size,
             "HIGHESTMODSEQ": folder.highest_modseq,
+            "APPENDLIMIT": self.limits.max_message_size,  # RFC 7889 §3
         }
         parts = " ".join(f"{item} {values[item]}" for item in items)
         return b"* STATUS %s (%s)\r\n" % (self._mailbox(name), parts.encode())
@@ -945,6 +980,7 @@ class Session:
         events = self.parser.feed(b"")
         deadline = time.monotonic() + self.limits.timeout
         read_task: asyncio.Task[bytes] | None = None
+        watch_task: asyncio.Future[bool] | None = None
         try:
             while True:
                 if events:
@@ -959,25 +995,26 @@ class Session:
                     return rest if isinstance(first, ParseError) else events
                 if read_task is None:
                     read_task = asyncio.ensure_future(self.reader.read(65536))
-                waiters: set[asyncio.Future[object]] = {read_task}  # type: ignore[arg-type]
-                watch_task = None
-                if self.selected is not None:
-                    watch_task = asyncio.ensure_future(self.selected.watch.wait())
-                    waiters.add(watch_task)  # type: ignore[arg-type]
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self.send(b"* BYE Autologout; idle for too long\r\n")
                     raise Closed
-                done, _ = await asyncio.wait(
-                    waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
-                if watch_task is not None:
-                    watch_task.cancel()
-                    if watch_task in done and watch_task.result():
-                        # wait() consumed the change: make poll() look.
-                        self.selected.watch._event.set()  # type: ignore[union-attr]
-                        await self._updates("IDLE")
-                        await self.flush()
+                waiters: set[asyncio.Future[object]] = {read_task}  # type: ignore[arg-type]
+                if self.selected is not None:
+                    watch_task = asyncio.ensure_future(self.selected.watch.wait())
+                    waiters.add(watch_task)  # type: ignore[arg-type]
+                try:
+                    done, _ = await asyncio.wait(
+                        waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    if watch_task is not None:
+                        watch_task.cancel()
+                if watch_task is not None and watch_task in done and watch_task.result():
+                    # wait() consumed the change: make poll() look.
+                    self.selected.watch._event.set()  # type: ignore[union-attr]
+                    await self._updates("IDLE")
+                    await self.flush()
                 if read_task in done:
                     data = read_task.result()
                     read_task = None
@@ -995,7 +1032,7 @@ class Session:
     async def _expunge(self, tag: str, uid_set: SequenceSet | None) -> None:
         selected = self.selected
         assert selected is not None
-        if selected.read_only:
+        if not await self._still_writable():
             self.tagged(tag, "NO", "Mailbox is read-only", "READ-ONLY")
             return
         uids = None if uid_set is None else selected_uids(selected, uid_set)
@@ -1094,12 +1131,11 @@ class Session:
         pairs = selected.resolve(cmd.sequence, uid=cmd.uid)
         if cmd.vanished and cmd.changed_since is not None:
             changes = await self.store.changes_since(selected.id, cmd.changed_since)
-            largest = selected.uids[-1] if selected.uids else 0
-            gone = [u for u in changes.vanished if sequence.contains(cmd.sequence, u, largest)]
+            gone = sequence.select(cmd.sequence, sorted(changes.vanished))
             if gone:
                 self.send(b"* VANISHED (EARLIER) %s\r\n" % sequence.compact(gone).encode())
         infos = await self._fetch_metadata(selected.id, [u for _, u in pairs], attributes)
-        sets_seen = not selected.read_only and any(_sets_seen(a) for a in attributes)
+        sets_seen = any(_sets_seen(a) for a in attributes) and await self._still_writable()
         # RFC 9051 §6.4.5: FLAGS go with the data only for the messages \Seen was set on now.
         newly_seen: set[int] = set()
         if sets_seen:
@@ -1255,7 +1291,7 @@ class Session:
         assert selected is not None
         if not self._check_sequence(cmd.tag, cmd.sequence, cmd.uid):
             return
-        if selected.read_only:
+        if not await self._still_writable():
             self.tagged(cmd.tag, "NO", "Mailbox is read-only", "READ-ONLY")
             return
         try:
@@ -1278,17 +1314,33 @@ class Session:
         )
         changed = {c.uid: c for c in changes}
         modified: list[int] = []
-        if cmd.unchanged_since is not None:
-            unchanged_uids = [u for u in uids if u not in changed]
-            unchanged = await self.store.list_messages(
-                selected.id, unchanged_uids, columns=("modseq",)
-            )
-            for info in unchanged:
-                if info.modseq > cmd.unchanged_since:
+        conflicting: set[int] = set()
+        current: dict[int, MessageInfo] = {}
+        unchanged_uids = [u for u in uids if u not in changed]
+        if unchanged_uids and (cmd.unchanged_since is not None or not cmd.silent):
+            for info in await self.store.list_messages(
+                selected.id, unchanged_uids, columns=("modseq", "flags", "keywords")
+            ):
+                current[info.uid] = info
+                if cmd.unchanged_since is not None and info.modseq > cmd.unchanged_since:
+                    conflicting.add(info.uid)
                     modified.append(info.uid if cmd.uid else selected.seq_of(info.uid) or 0)
         for seq, uid in pairs:
             change = changed.get(uid)
             if change is None:
+                # RFC 9051 §6.4.6: the flags of every message named, changed or not (but
+                # those UNCHANGEDSINCE refused, RFC 7162 §3.1.3).
+                now = current.get(uid)
+                if cmd.silent or now is None or uid in conflicting:
+                    continue
+                items = b"FLAGS " + response.flag_list(
+                    now.flags, now.keywords, uid in selected.recent
+                )
+                if cmd.uid or self.modes.qresync:
+                    items = b"UID %d " % uid + items
+                if self.modes.condstore:
+                    items += b" MODSEQ (%d)" % now.modseq
+                self.send(b"* %d FETCH (%s)\r\n" % (seq, items))
                 continue
             selected.reported[uid] = change.modseq
             if cmd.silent and not self.modes.condstore:
@@ -1322,7 +1374,7 @@ class Session:
         if not self._check_sequence(cmd.tag, cmd.sequence, cmd.uid):
             return
         move = cmd.name == "MOVE"
-        if move and selected.read_only:
+        if move and not await self._still_writable():
             self.tagged(cmd.tag, "NO", "Mailbox is read-only", "READ-ONLY")
             return
         try:
@@ -1334,7 +1386,8 @@ class Session:
             raise NoPermission("Read-only delegation")
         pairs = selected.resolve(cmd.sequence, uid=cmd.uid)
         uids = [u for _, u in pairs]
-        if self.limits.quota_storage and uids:
+        same_bal = move and target.bal == selected.target.bal
+        if self.limits.quota_storage and uids and not same_bal:
             infos = await self.store.list_messages(selected.id, uids, columns=("size",))
             if await self._over_quota(target.bal, sum(i.size for i in infos)):
                 self.tagged(cmd.tag, "NO", "Quota depasse", "OVERQUOTA")

@@ -39,6 +39,9 @@ class FolderWatch:
     def __init__(self, folder_id: int) -> None:
         self.folder_id = folder_id
         self.modseq = 0
+        # Set when notifications may have been lost (the PostgreSQL listener reconnected):
+        # the next look must query afresh, not trust any MODSEQ it knows.
+        self.resync = False
         self._event = asyncio.Event()
 
     def _notify(self, modseq: int) -> None:
@@ -86,6 +89,7 @@ class ChangeFeed:
         if folder_id == ALL_FOLDERS:
             for watchers in self._watches.values():
                 for w in watchers:
+                    w.resync = True
                     w._notify(modseq)
             return
         for w in self._watches.get(folder_id, ()):
