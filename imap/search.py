@@ -42,7 +42,7 @@ import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from imap.model import (
@@ -60,7 +60,7 @@ from imap.model import (
 )
 from imap.sequence import compact, contains
 from store.mime import decode_header_value
-from store.model import Flag, MessageInfo
+from store.model import Flag, MessageFilter, MessageInfo
 
 __all__ = [
     "Candidate",
@@ -167,6 +167,60 @@ def uses_modseq(criteria: SearchKey) -> bool:
 
 
 # --------------------------------------------------------------------------- matching
+
+
+def database_filter(criteria: SearchKey) -> MessageFilter | None:
+    """The criteria as conditions the store can test itself, when every key is one of those
+    (system flags, BEFORE/ON/SINCE, LARGER/SMALLER, MODSEQ, ALL, in any AND); else None and
+    :func:`matches` decides. Same semantics: INTERNALDATE's calendar date in UTC."""
+    with_flags, without_flags = Flag(0), Flag(0)
+    since: datetime | None = None
+    before: datetime | None = None
+    larger: int | None = None
+    smaller: int | None = None
+    modseq: int | None = None
+
+    def midnight(day: date) -> datetime:
+        return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+    def visit(key: SearchKey) -> bool:
+        nonlocal with_flags, without_flags, since, before, larger, smaller, modseq
+        if isinstance(key, SearchAnd):
+            return all(visit(k) for k in key.keys)
+        if isinstance(key, SearchFlagKey):
+            if key.name == "ALL":
+                return True
+            negate = key.name.startswith("UN")
+            flag = _SYSTEM_FLAGS.get(key.name[2:] if negate else key.name)
+            if flag is None:
+                return False  # NEW, OLD, RECENT: per session
+            if negate:
+                without_flags |= flag
+            else:
+                with_flags |= flag
+            return True
+        if isinstance(key, SearchDateKey) and key.name in ("BEFORE", "ON", "SINCE"):
+            start = midnight(key.date)
+            if key.name in ("ON", "SINCE"):
+                since = start if since is None else max(since, start)
+            if key.name in ("ON", "BEFORE"):
+                end = start + timedelta(days=1) if key.name == "ON" else start
+                before = end if before is None else min(before, end)
+            return True
+        if isinstance(key, SearchNumberKey) and key.name in ("LARGER", "SMALLER"):
+            if key.name == "LARGER":
+                larger = key.value if larger is None else max(larger, key.value)
+            else:
+                smaller = key.value if smaller is None else min(smaller, key.value)
+            return True
+        if isinstance(key, SearchModSeqKey):
+            modseq = key.modseq if modseq is None else max(modseq, key.modseq)
+            return True
+        return False
+
+    if not visit(criteria):
+        return None
+    return MessageFilter(with_flags, without_flags, since, before, larger, smaller, modseq)
 
 
 def search(criteria: SearchKey, candidates: Iterable[Candidate], scope: Scope) -> list[Candidate]:

@@ -1061,6 +1061,36 @@ class Session:
         need = search.needs(cmd.criteria)
         if search.uses_modseq(cmd.criteria):
             self.modes.condstore = True
+        matched = await self._search_matches(cmd, need)
+        numbers = [uid if cmd.uid else selected.seq_of(uid) or 0 for uid, _ in matched]
+        modseq = (
+            max((m for _, m in matched), default=None) if search.uses_modseq(cmd.criteria) else None
+        )
+        returns = cmd.returns
+        if returns is not None and "SAVE" in returns:
+            selected.saved = [uid for uid, _ in matched]
+        if returns is None and self.modes.rev2:
+            returns = ()
+        if returns is None:
+            self.send(search.search_response(numbers, modseq))
+        elif search.should_respond(returns):
+            self.send(
+                search.esearch_response(
+                    cmd.tag, uid=cmd.uid, matched=numbers, returns=returns, highest_modseq=modseq
+                )
+            )
+        await self._updates("UID SEARCH" if cmd.uid else "SEARCH")
+        self.tagged(cmd.tag, "OK", "SEARCH completed")
+
+    async def _search_matches(self, cmd: Search, need: search.Need) -> list[tuple[int, int]]:
+        """``(UID, MODSEQ)`` of the messages matching, in mailbox order: by the database when
+        the criteria allow, else message by message."""
+        selected = self.selected
+        assert selected is not None
+        in_database = search.database_filter(cmd.criteria)
+        if in_database is not None:
+            found = await self.store.find_messages(selected.id, in_database)
+            return [(uid, modseq) for uid, modseq in found if selected.seq_of(uid) is not None]
         # Flags, dates and sizes need no MIME structure; header keys need the header block.
         columns: tuple[str, ...] | None = _SEARCH_COLUMNS
         if need is search.Need.HEADER:
@@ -1074,7 +1104,7 @@ class Session:
             saved=selected.saved,
             now=datetime.now(UTC),
         )
-        matched: list[MessageInfo] = []
+        matched: list[tuple[int, int]] = []
         for info in infos:
             seq = selected.seq_of(info.uid)
             if seq is None:
@@ -1085,28 +1115,8 @@ class Session:
             elif need is search.Need.FULL:
                 candidate.raw = await self.store.read_message(info)
             if search.matches(cmd.criteria, candidate, scope):
-                matched.append(info)
-        numbers = [m.uid if cmd.uid else selected.seq_of(m.uid) or 0 for m in matched]
-        modseq = (
-            max((m.modseq for m in matched), default=None)
-            if search.uses_modseq(cmd.criteria)
-            else None
-        )
-        returns = cmd.returns
-        if returns is not None and "SAVE" in returns:
-            selected.saved = [m.uid for m in matched]
-        if returns is None and self.modes.rev2:
-            returns = ()
-        if returns is None:
-            self.send(search.search_response(numbers, modseq))
-        elif search.should_respond(returns):
-            self.send(
-                search.esearch_response(
-                    cmd.tag, uid=cmd.uid, matched=numbers, returns=returns, highest_modseq=modseq
-                )
-            )
-        await self._updates("UID SEARCH" if cmd.uid else "SEARCH")
-        self.tagged(cmd.tag, "OK", "SEARCH completed")
+                matched.append((info.uid, info.modseq))
+        return matched
 
     async def _header_block(self, info: MessageInfo) -> bytes:
         """The complete top-level header: the stored copy unless it was cut at delivery."""

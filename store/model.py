@@ -196,6 +196,20 @@ class MessageInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageFilter:
+    """Conditions on a message that the database tests, all of which must hold (the IMAP
+    SEARCH keys on flags, INTERNALDATE, size and MODSEQ)."""
+
+    with_flags: Flag = NO_FLAGS
+    without_flags: Flag = NO_FLAGS
+    received_from: datetime | None = None  # INTERNALDATE >= this
+    received_before: datetime | None = None  # INTERNALDATE < this
+    larger_than: int | None = None
+    smaller_than: int | None = None
+    modseq_from: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class FlagChange:
     uid: int
     modseq: int

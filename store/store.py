@@ -56,6 +56,7 @@ from store.model import (
     Folder,
     FolderChanges,
     FolderTotals,
+    MessageFilter,
     MessageInfo,
     Placement,
     QueueEntry,
@@ -955,6 +956,30 @@ class Store(DirectoryStateStore, AddressBookStore):
         if present is None:
             return [_message(r) for r in rows]
         return [_partial_message(r, present) for r in rows]
+
+    async def find_messages(self, folder_id: int, wanted: MessageFilter) -> list[tuple[int, int]]:
+        """``(UID, MODSEQ)`` of the messages meeting every condition of ``wanted``, in UID order:
+        a SEARCH on flags, dates and sizes reads no row it does not return."""
+        flags, date = messages.c.flags, messages.c.internal_date
+        conditions = [messages.c.folder_id == folder_id]
+        if wanted.with_flags:
+            conditions.append(flags.op("&")(int(wanted.with_flags)) == int(wanted.with_flags))
+        if wanted.without_flags:
+            conditions.append(flags.op("&")(int(wanted.without_flags)) == 0)
+        if wanted.received_from is not None:
+            conditions.append(date >= wanted.received_from)
+        if wanted.received_before is not None:
+            conditions.append(date < wanted.received_before)
+        if wanted.larger_than is not None:
+            conditions.append(messages.c.size > wanted.larger_than)
+        if wanted.smaller_than is not None:
+            conditions.append(messages.c.size < wanted.smaller_than)
+        if wanted.modseq_from is not None:
+            conditions.append(messages.c.modseq >= wanted.modseq_from)
+        query = select(messages.c.uid, messages.c.modseq).where(*conditions)
+        async with self.db.reader.connect() as conn:
+            rows = (await conn.execute(query.order_by(messages.c.uid))).all()
+        return [(int(r.uid), int(r.modseq)) for r in rows]
 
     async def uids(self, folder_id: int) -> list[int]:
         async with self.db.reader.connect() as conn:
