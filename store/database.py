@@ -9,16 +9,20 @@ PostgreSQL uses one pooled engine for both.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Connection, Engine, FrozenResult, Result, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.sql.expression import Executable
 
 from store.errors import InvalidInput
 
@@ -77,6 +81,55 @@ def _sqlite_begin_deferred(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN")
 
 
+class HopConnection:
+    """A pooled synchronous SQLite connection used from the event loop: each statement runs
+    whole in a worker thread (one thread hop) and its rows come back buffered."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._conn: Connection | None = None
+
+    async def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
+        def run() -> FrozenResult[Any]:
+            if self._conn is None:
+                self._conn = self._engine.connect()
+            return self._conn.execute(statement, parameters).freeze()
+
+        return (await asyncio.to_thread(run))()
+
+    def close(self) -> None:
+        # Ends the read transaction (a ROLLBACK of a reader: microseconds) and returns the
+        # connection to the pool.
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class HopEngine:
+    """SQLite reads in one thread hop per statement.
+
+    aiosqlite crosses threads for every step of a statement (begin, execute, fetch, close,
+    rollback): 1.9 ms for a one-row SELECT on the project's machines, against 0.27 ms for the
+    same statement run whole in a thread. The IMAP read path (FETCH, SEARCH, polls) goes through
+    this engine; the statements of one ``connect()`` block share one read transaction, as with
+    the async engine.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextlib.asynccontextmanager
+    async def connect(self) -> AsyncIterator[HopConnection]:
+        conn = HopConnection(self.engine)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
 @dataclass(slots=True)
 class Database:
     """The engines of one store. ``writer`` for transactions that write, ``reader`` for the rest."""
@@ -85,6 +138,8 @@ class Database:
     dialect: str
     writer: AsyncEngine
     reader: AsyncEngine
+    # The hot read path (see HopEngine); the async reader itself with PostgreSQL.
+    fast_reader: AsyncEngine | HopEngine
 
     @property
     def is_postgresql(self) -> bool:
@@ -110,7 +165,17 @@ class Database:
             event.listen(writer.sync_engine, "begin", _sqlite_begin_immediate)
             event.listen(reader.sync_engine, "connect", _sqlite_on_connect)
             event.listen(reader.sync_engine, "begin", _sqlite_begin_deferred)
-            return cls(url=url, dialect="sqlite", writer=writer, reader=reader)
+            hop = create_engine(
+                parsed.set(drivername="sqlite").render_as_string(hide_password=False),
+                pool_size=4,
+                max_overflow=4,
+                hide_parameters=True,
+            )
+            event.listen(hop, "connect", _sqlite_on_connect)
+            event.listen(hop, "begin", _sqlite_begin_deferred)
+            return cls(
+                url=url, dialect="sqlite", writer=writer, reader=reader, fast_reader=HopEngine(hop)
+            )
         engine = create_async_engine(
             url,
             pool_size=pool_size,
@@ -121,12 +186,14 @@ class Database:
             # An acknowledged delivery must not depend on the server's default durability.
             connect_args={"server_settings": {"synchronous_commit": "on"}},
         )
-        return cls(url=url, dialect="postgresql", writer=engine, reader=engine)
+        return cls(url=url, dialect="postgresql", writer=engine, reader=engine, fast_reader=engine)
 
     async def dispose(self) -> None:
         await self.writer.dispose()
         if self.reader is not self.writer:
             await self.reader.dispose()
+        if isinstance(self.fast_reader, HopEngine):
+            self.fast_reader.dispose()
 
 
 def _alembic_config(connection: Connection) -> Config:

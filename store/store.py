@@ -444,7 +444,7 @@ class Store(DirectoryStateStore, AddressBookStore):
 
     async def get_bal(self, address: str) -> Bal:
         address = normalise_address(address)
-        async with self.db.reader.connect() as conn:
+        async with self.db.fast_reader.connect() as conn:
             row = (await conn.execute(select(bals).where(bals.c.address == address))).first()
         if row is None:
             raise BalNotFound(address)
@@ -595,7 +595,7 @@ class Store(DirectoryStateStore, AddressBookStore):
             address = normalise_address(address)
         except InvalidInput:
             address = ""
-        async with self.db.reader.connect() as conn:
+        async with self.db.fast_reader.connect() as conn:
             row = (
                 await conn.execute(
                     select(credentials.c.password_hash, bals.c.status)
@@ -700,7 +700,7 @@ class Store(DirectoryStateStore, AddressBookStore):
             query = query.where(owner.c.address == normalise_address(bal))
         if delegate is not None:
             query = query.where(user.c.address == normalise_address(delegate))
-        async with self.db.reader.connect() as conn:
+        async with self.db.fast_reader.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [
             Delegation(r.bal, r.delegate, r.can_read, r.can_write, r.can_send, r.created_at)
@@ -761,7 +761,7 @@ class Store(DirectoryStateStore, AddressBookStore):
 
     async def list_folders(self, bal: str) -> list[Folder]:
         owner = await self.get_bal(bal)
-        async with self.db.reader.connect() as conn:
+        async with self.db.fast_reader.connect() as conn:
             rows = (
                 await conn.execute(
                     select(folders).where(folders.c.bal_id == owner.id).order_by(folders.c.name)
@@ -771,7 +771,7 @@ class Store(DirectoryStateStore, AddressBookStore):
 
     async def get_folder(self, bal: str, name: str) -> Folder:
         address, name = normalise_address(bal), normalise_folder_name(name)
-        async with self.db.reader.connect() as conn:
+        async with self.db.fast_reader.connect() as conn:
             row = (
                 await conn.execute(
                     select(folders)
@@ -934,7 +934,7 @@ class Store(DirectoryStateStore, AddressBookStore):
             selected = [c for c in messages.c if c.name in wanted]
             present = frozenset(wanted)
         query = select(*selected)
-        async with self.db.reader.connect() as conn:
+        async with self.db.fast_reader.connect() as conn:
             if uids is None:
                 rows = (
                     await conn.execute(
@@ -977,12 +977,12 @@ class Store(DirectoryStateStore, AddressBookStore):
         if wanted.modseq_from is not None:
             conditions.append(messages.c.modseq >= wanted.modseq_from)
         query = select(messages.c.uid, messages.c.modseq).where(*conditions)
-        async with self.db.reader.connect() as conn:
+        async with self.db.fast_reader.connect() as conn:
             rows = (await conn.execute(query.order_by(messages.c.uid))).all()
         return [(int(r.uid), int(r.modseq)) for r in rows]
 
     async def uids(self, folder_id: int) -> list[int]:
-        async with self.db.reader.connect() as conn:
+        async with self.db.fast_reader.connect() as conn:
             return list(
                 (
                     await conn.execute(
@@ -1018,7 +1018,7 @@ class Store(DirectoryStateStore, AddressBookStore):
         """The folder row and its counts (IMAP SELECT and STATUS, RFC 9051 §6.3.11)."""
         seen, deleted = int(Flag.SEEN), int(Flag.DELETED)
         flags = messages.c.flags
-        async with self.db.reader.connect() as conn:
+        async with self.db.fast_reader.connect() as conn:
             row = (await conn.execute(select(folders).where(folders.c.id == folder_id))).first()
             if row is None:
                 raise StoreError(f"folder {folder_id} does not exist")
@@ -1036,7 +1036,7 @@ class Store(DirectoryStateStore, AddressBookStore):
 
     async def first_unseen_uid(self, folder_id: int) -> int | None:
         """The lowest UID without \\Seen (IMAP4rev1 SELECT's ``OK [UNSEEN n]``), or None."""
-        async with self.db.reader.connect() as conn:
+        async with self.db.fast_reader.connect() as conn:
             uid = (
                 await conn.execute(
                     select(func.min(messages.c.uid)).where(
@@ -1299,7 +1299,7 @@ class Store(DirectoryStateStore, AddressBookStore):
                 del self._changes_in_flight[key]
 
     async def _changes_since(self, folder_id: int, modseq: int) -> FolderChanges:
-        async with self.db.reader.connect() as conn:
+        async with self.db.fast_reader.connect() as conn:
             top = (
                 await conn.execute(
                     select(folders.c.highest_modseq).where(folders.c.id == folder_id)
