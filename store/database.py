@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from sqlalchemy.sql.expression import Executable
 from store.errors import InvalidInput
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+HOP_THREADS = 4
+"""Threads (and connections) of the SQLite read path: reads run in parallel in WAL mode."""
 
 
 def _compact_json(value: Any) -> str:
@@ -85,8 +88,9 @@ class HopConnection:
     """A pooled synchronous SQLite connection used from the event loop: each statement runs
     whole in a worker thread (one thread hop) and its rows come back buffered."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, executor: ThreadPoolExecutor) -> None:
         self._engine = engine
+        self._executor = executor
         self._conn: Connection | None = None
 
     async def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
@@ -95,7 +99,8 @@ class HopConnection:
                 self._conn = self._engine.connect()
             return self._conn.execute(statement, parameters).freeze()
 
-        return (await asyncio.to_thread(run))()
+        loop = asyncio.get_running_loop()
+        return (await loop.run_in_executor(self._executor, run))()
 
     def close(self) -> None:
         # Ends the read transaction (a ROLLBACK of a reader: microseconds) and returns the
@@ -115,18 +120,22 @@ class HopEngine:
     the async engine.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, threads: int) -> None:
         self.engine = engine
+        # Threads of its own: in the default executor, reads would queue behind password
+        # hashes (0.1 s each) and every session would stall while many users log in.
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="sqlite-read")
 
     @contextlib.asynccontextmanager
     async def connect(self) -> AsyncIterator[HopConnection]:
-        conn = HopConnection(self.engine)
+        conn = HopConnection(self.engine, self.executor)
         try:
             yield conn
         finally:
             conn.close()
 
     def dispose(self) -> None:
+        self.executor.shutdown(wait=True)
         self.engine.dispose()
 
 
@@ -167,14 +176,18 @@ class Database:
             event.listen(reader.sync_engine, "begin", _sqlite_begin_deferred)
             hop = create_engine(
                 parsed.set(drivername="sqlite").render_as_string(hide_password=False),
-                pool_size=4,
-                max_overflow=4,
+                pool_size=HOP_THREADS,
+                max_overflow=0,
                 hide_parameters=True,
             )
             event.listen(hop, "connect", _sqlite_on_connect)
             event.listen(hop, "begin", _sqlite_begin_deferred)
             return cls(
-                url=url, dialect="sqlite", writer=writer, reader=reader, fast_reader=HopEngine(hop)
+                url=url,
+                dialect="sqlite",
+                writer=writer,
+                reader=reader,
+                fast_reader=HopEngine(hop, HOP_THREADS),
             )
         engine = create_async_engine(
             url,

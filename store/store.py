@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import os
 import re
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -94,6 +96,7 @@ _LOCAL_PART = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}$")
 _KEYWORD = re.compile(r"^[!#$&'+,\-.0-9:;<=>?@A-Z^_`a-z|~]+$")  # RFC 9051 atom minus specials
 
 Message = bytes | bytearray | memoryview
+T = TypeVar("T")
 
 
 def _now() -> datetime:
@@ -272,6 +275,9 @@ class Store(DirectoryStateStore, AddressBookStore):
         self.changes = feed
         self._committer = GroupCommitter(db, feed)
         self._hasher = PasswordHasher()
+        self._hash_executor = ThreadPoolExecutor(
+            max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="password-hash"
+        )
         self._dummy_hash: str | None = None
         # Successful password checks, remembered for ``verified_ttl`` seconds (Dovecot's
         # auth_cache): practice software that logs in every minute must not cost an argon2
@@ -330,6 +336,7 @@ class Store(DirectoryStateStore, AddressBookStore):
         await self.changes.close()
         await self.db.dispose()
         self.blobs.close()
+        self._hash_executor.shutdown(wait=False)
 
     @property
     def commit_stats(self) -> tuple[int, int]:
@@ -569,7 +576,12 @@ class Store(DirectoryStateStore, AddressBookStore):
     async def _hash(self, password: str) -> str:
         if not password:
             raise InvalidInput("empty password")
-        return await asyncio.to_thread(self._hasher.hash, password)
+        return await self._hashing(self._hasher.hash, password)
+
+    async def _hashing(self, fn: Callable[..., T], *args: Any) -> T:
+        """Password hashing on threads of its own (one per core at most: it is all CPU), so
+        that a wave of logins never delays blob reads or queries queued on the default ones."""
+        return await asyncio.get_running_loop().run_in_executor(self._hash_executor, fn, *args)
 
     async def set_password(self, address: str, password: str) -> None:
         password_hash = await self._hash(password)
@@ -605,7 +617,7 @@ class Store(DirectoryStateStore, AddressBookStore):
             ).first()
         if row is None:
             if self._dummy_hash is None:
-                self._dummy_hash = await asyncio.to_thread(self._hasher.hash, "not-a-password")
+                self._dummy_hash = await self._hashing(self._hasher.hash, "not-a-password")
             stored, active = self._dummy_hash, False
         else:
             stored, active = row.password_hash, row.status == BalStatus.ACTIVE.value
@@ -626,7 +638,7 @@ class Store(DirectoryStateStore, AddressBookStore):
             except (VerificationError, InvalidHashError):
                 return False
 
-        if await asyncio.to_thread(check) and active:
+        if await self._hashing(check) and active:
             if self.verified_ttl > 0:
                 if len(self._verified) >= VERIFIED_CACHE_SIZE:
                     self._verified.clear()
