@@ -1311,6 +1311,8 @@ class Store(DirectoryStateStore, AddressBookStore):
                 del self._changes_in_flight[key]
 
     async def _changes_since(self, folder_id: int, modseq: int) -> FolderChanges:
+        # HIGHESTMODSEQ is read first: a change committed between the statements (they need
+        # not share a snapshot) is then reported now and again at the next look, never lost.
         async with self.db.fast_reader.connect() as conn:
             top = (
                 await conn.execute(

@@ -56,3 +56,16 @@ async def test_uids_from_several_processes_are_unique_and_visible_in_order(
     assert len(snapshots) > 1
     for snap in snapshots:
         assert snap == list(range(1, len(snap) + 1)), f"hole in a reader's view: {snap}"
+
+
+async def test_many_concurrent_multi_statement_reads_do_not_wait_on_each_other(
+    store: Store, doctor: str
+) -> None:
+    """More concurrent readers than read threads and connections (every IMAP session polling
+    after a delivery): none may hold a connection while waiting for a thread."""
+    result = await store.deliver(doctor, b"Subject: x\r\n\r\nx\r\n")
+    async with asyncio.timeout(20):
+        await asyncio.gather(
+            *(store.folder_totals(result.folder_id) for _ in range(200)),
+            *(store.changes_since(result.folder_id, i) for i in range(200)),
+        )
