@@ -84,9 +84,11 @@ class SelectedMailbox:
             self.pending_expunge.discard(uid)
         return seq
 
-    async def poll(self, modes: Modes, *, expunges_allowed: bool) -> bytes:
-        """Untagged responses for what changed since the client was last told."""
-        if not self.watch.take() and not (expunges_allowed and self.pending_expunge):
+    async def poll(self, modes: Modes, *, expunges_allowed: bool, woken: bool = False) -> bytes:
+        """Untagged responses for what changed since the client was last told. ``woken``: the
+        caller already consumed the watch's signal (IDLE waits on it)."""
+        changed = self.watch.take() or woken
+        if not changed and not (expunges_allowed and self.pending_expunge):
             return b""
         covering = self.watch.modseq
         if self.watch.resync:

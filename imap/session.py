@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import enum
 import logging
 import secrets
@@ -372,11 +373,11 @@ class Session:
                 await self._getquota(cmd)
         return None
 
-    async def _updates(self, command: str) -> None:
+    async def _updates(self, command: str, *, woken: bool = False) -> None:
         """Untagged updates owed before the tagged completion of ``command``."""
         if self.selected is not None:
             allowed = command not in _NO_EXPUNGE_DURING
-            self.send(await self.selected.poll(self.modes, expunges_allowed=allowed))
+            self.send(await self.selected.poll(self.modes, expunges_allowed=allowed, woken=woken))
 
     # -- any state -----------------------------------------------------------------------------
 
@@ -1011,9 +1012,7 @@ class Session:
                     if watch_task is not None:
                         watch_task.cancel()
                 if watch_task is not None and watch_task in done and watch_task.result():
-                    # wait() consumed the change: make poll() look.
-                    self.selected.watch._event.set()  # type: ignore[union-attr]
-                    await self._updates("IDLE")
+                    await self._updates("IDLE", woken=True)
                     await self.flush()
                 if read_task in done:
                     data = read_task.result()
@@ -1258,7 +1257,7 @@ class Session:
                 items.append(self._content_item(raw, info, attr))
         if self.modes.condstore or any(a.name == "MODSEQ" for a in attributes):
             items.append(b"MODSEQ (%d)" % info.modseq)
-        if seen_set and not flags_sent and _sets_seen_any(attributes):
+        if seen_set and not flags_sent:
             items.append(
                 b"FLAGS "
                 + response.flag_list(info.flags, info.keywords, info.uid in selected.recent)
@@ -1448,10 +1447,6 @@ def _sets_seen(attr: FetchAttr) -> bool:
     return attr.name in ("BODY", "BINARY") and attr.section is not None and not attr.peek
 
 
-def _sets_seen_any(attributes: list[FetchAttr]) -> bool:
-    return any(_sets_seen(a) for a in attributes)
-
-
 # The message columns each FETCH item reads (uid and blob always come).
 _COLUMNS_OF: dict[str, tuple[str, ...]] = {
     "FLAGS": ("flags", "keywords"),
@@ -1508,8 +1503,6 @@ def _body_item(name: str, attr: FetchAttr, data: bytes) -> bytes:
 def _with_flags(
     info: MessageInfo, flags: Flag, keywords: tuple[str, ...], modseq: int
 ) -> MessageInfo:
-    import dataclasses
-
     return dataclasses.replace(info, flags=flags, keywords=keywords, modseq=modseq)
 
 

@@ -1006,25 +1006,9 @@ class Store(DirectoryStateStore, AddressBookStore):
             )
 
     async def folder_status(self, folder_id: int) -> tuple[Folder, int, int]:
-        """The folder row, its message count and its unseen count (IMAP STATUS/SELECT)."""
-        async with self.db.reader.connect() as conn:
-            row = (await conn.execute(select(folders).where(folders.c.id == folder_id))).first()
-            if row is None:
-                raise StoreError(f"folder {folder_id} does not exist")
-            counts = (
-                await conn.execute(
-                    select(
-                        func.count(),
-                        func.coalesce(
-                            func.sum(
-                                case((messages.c.flags.op("&")(int(Flag.SEEN)) == 0, 1), else_=0)
-                            ),
-                            0,
-                        ),
-                    ).where(messages.c.folder_id == folder_id)
-                )
-            ).one()
-        return _folder(row), int(counts[0]), int(counts[1])
+        """The folder row, its message count and its unseen count."""
+        totals = await self.folder_totals(folder_id)
+        return totals.folder, totals.messages, totals.unseen
 
     async def folder_totals(self, folder_id: int) -> FolderTotals:
         """The folder row and its counts (IMAP SELECT and STATUS, RFC 9051 §6.3.11)."""
