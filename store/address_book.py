@@ -344,7 +344,8 @@ class AddressBookStore:
         scans). SQLite plans its searches with the indexes they name."""
         if not self.db.is_postgresql:
             return
-        async with self.db.writer.connect() as conn:
+        # PostgreSQL only: the reader is the writer's engine there.
+        async with self.db.reader.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             for table in (address_book, address_book_words):
                 await conn.exec_driver_sql(f"VACUUM (ANALYZE) {table.name}")

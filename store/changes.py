@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+
+from store.database import WriteConnection
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ CHANNEL = "colombe_changes"
 ALL_FOLDERS = -1  # published after a reconnect: every watcher must re-check
 
 
-async def notify_other_processes(conn: AsyncConnection, folder_id: int, modseq: int) -> None:
+async def notify_other_processes(conn: WriteConnection, folder_id: int, modseq: int) -> None:
     """NOTIFY inside the writing transaction (PostgreSQL delivers it at commit, never before)."""
     await conn.execute(
         text("SELECT pg_notify(:channel, :payload)"),

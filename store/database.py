@@ -12,22 +12,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Connection, Engine, FrozenResult, Result, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine, Row, make_url
+from sqlalchemy.exc import MultipleResultsFound, NoResultFound
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.expression import Executable
 
 from store.errors import InvalidInput
 
+T = TypeVar("T")
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+WRITER_WAIT_S = 60.0
+"""How long a transaction waits for SQLite's one writer before giving up."""
 HOP_THREADS = 4
 """Threads (and connections) of the SQLite read path: reads run in parallel in WAL mode."""
 
@@ -96,13 +102,63 @@ class HopConnection:
         self._engine = engine
         self._executor = executor
 
-    async def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
-        def run() -> FrozenResult[Any]:
+    async def execute(self, statement: Executable, parameters: Any = None) -> Rows:
+        def run() -> Rows:
             with self._engine.connect() as conn:
-                return conn.execute(statement, parameters).freeze()
+                return Rows.of(conn.execute(statement, parameters))
 
         loop = asyncio.get_running_loop()
-        return (await loop.run_in_executor(self._executor, run))()
+        return await loop.run_in_executor(self._executor, run)
+
+
+class Rows:
+    """The buffered rows of one statement, read with the few methods of
+    :class:`sqlalchemy.engine.Result` the store uses. Rows fetched in the worker thread are
+    handed over as they are: freezing a result and thawing it on the loop cost more than the
+    query for a folder of 1,000 messages."""
+
+    __slots__ = ("_rows", "rowcount")
+
+    def __init__(self, rows: Sequence[Row[Any]], rowcount: int = -1) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+
+    @classmethod
+    def of(cls, result: CursorResult[Any]) -> Rows:
+        rows = result.all() if result.returns_rows else []
+        return cls(rows, result.rowcount)
+
+    def __iter__(self) -> Iterator[Row[Any]]:
+        return iter(self._rows)
+
+    def all(self) -> Sequence[Row[Any]]:
+        return self._rows
+
+    def first(self) -> Row[Any] | None:
+        return self._rows[0] if self._rows else None
+
+    def one(self) -> Row[Any]:
+        if len(self._rows) != 1:
+            raise NoResultFound() if not self._rows else MultipleResultsFound()
+        return self._rows[0]
+
+    def one_or_none(self) -> Row[Any] | None:
+        if len(self._rows) > 1:
+            raise MultipleResultsFound()
+        return self.first()
+
+    def scalar(self) -> Any:
+        return self._rows[0][0] if self._rows else None
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+    def scalar_one_or_none(self) -> Any:
+        row = self.one_or_none()
+        return None if row is None else row[0]
+
+    def scalars(self) -> list[Any]:
+        return [r[0] for r in self._rows]
 
 
 class HopEngine:
@@ -129,13 +185,124 @@ class HopEngine:
         self.engine.dispose()
 
 
+class HopTransaction:
+    """One transaction of :class:`HopWriteEngine`: each statement, or each whole function given
+    to :meth:`run_sync`, runs in the writer thread on the one write connection."""
+
+    def __init__(self, engine: Engine, executor: ThreadPoolExecutor) -> None:
+        self._engine = engine
+        self._executor = executor
+        self._conn: Connection | None = None
+
+    def _open(self) -> None:
+        conn = self._engine.connect()
+        try:
+            conn.begin()  # BEGIN IMMEDIATE (the engine's "begin" listener)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _close(self, commit: bool) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if commit:
+                conn.commit()
+            else:
+                conn.rollback()
+        finally:
+            conn.close()
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._engine.dialect
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            raise RuntimeError("the transaction is over")
+        return self._conn
+
+    async def _hop(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def execute(self, statement: Executable, parameters: Any = None) -> Rows:
+        def run() -> Rows:
+            return Rows.of(self._connection().execute(statement, parameters))
+
+        return await self._hop(run)
+
+    async def exec_driver_sql(self, statement: str, parameters: Any = None) -> Rows:
+        def run() -> Rows:
+            return Rows.of(self._connection().exec_driver_sql(statement, parameters))
+
+        return await self._hop(run)
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(connection, *args, **kwargs)`` whole in the writer thread: one hop for a
+        transaction of many statements."""
+        return await self._hop(lambda: fn(self._connection(), *args, **kwargs))
+
+
+class HopWriteEngine:
+    """SQLite's one writer: a synchronous connection used by one thread of its own.
+
+    A transaction (``begin()``) holds the connection from BEGIN IMMEDIATE to COMMIT; its
+    statements hop to the writer thread one at a time, or all at once with ``run_sync``.
+    Through aiosqlite each statement crossed threads four or five times (begin, execute,
+    fetch, close, commit); a flag change or a batch of deliveries that runs whole in one hop
+    holds the write lock for the fsync and little else. The single thread runs jobs in the
+    order they were given, so the rollback of an abandoned transaction always runs before
+    the next one begins.
+    """
+
+    def __init__(self, engine: Engine, *, lock_timeout: float) -> None:
+        self.engine = engine
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-write")
+        self._lock = asyncio.Lock()
+        self._lock_timeout = lock_timeout
+
+    @contextlib.asynccontextmanager
+    async def begin(self) -> AsyncIterator[HopTransaction]:
+        try:
+            async with asyncio.timeout(self._lock_timeout):
+                await self._lock.acquire()
+        except TimeoutError:
+            raise SQLAlchemyTimeout(
+                f"the SQLite writer stayed busy for {self._lock_timeout:g} s"
+            ) from None
+        try:
+            tx = HopTransaction(self.engine, self.executor)
+            opened = asyncio.get_running_loop().run_in_executor(self.executor, tx._open)
+            try:
+                await opened
+                yield tx
+            except BaseException:
+                # Queued behind whatever this transaction left running: never skipped.
+                self.executor.submit(tx._close, False)
+                raise
+            await tx._hop(tx._close, True)
+        finally:
+            self._lock.release()
+
+    def dispose(self) -> None:
+        self.executor.shutdown(wait=True)
+        self.engine.dispose()
+
+
+WriteConnection = AsyncConnection | HopTransaction
+"""A connection in a write transaction: PostgreSQL's async one, or SQLite's hop transaction."""
+
+
 @dataclass(slots=True)
 class Database:
     """The engines of one store. ``writer`` for transactions that write, ``reader`` for the rest."""
 
     url: str = field(repr=False)  # may hold a password
     dialect: str
-    writer: AsyncEngine
+    # SQLite: HopWriteEngine, one connection in a thread of its own.
+    writer: AsyncEngine | HopWriteEngine
     reader: AsyncEngine
     # The hot read path (see HopEngine); the async reader itself with PostgreSQL.
     fast_reader: AsyncEngine | HopEngine
@@ -151,21 +318,22 @@ class Database:
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            writer = create_async_engine(
-                url,
+            sync_url = parsed.set(drivername="sqlite").render_as_string(hide_password=False)
+            write_engine = create_engine(
+                sync_url,
                 pool_size=1,
                 max_overflow=0,
-                pool_timeout=60,
                 json_serializer=_compact_json,
                 hide_parameters=True,
             )
+            event.listen(write_engine, "connect", _sqlite_on_connect)
+            event.listen(write_engine, "begin", _sqlite_begin_immediate)
+            writer = HopWriteEngine(write_engine, lock_timeout=WRITER_WAIT_S)
             reader = create_async_engine(url, pool_size=4, max_overflow=4, hide_parameters=True)
-            event.listen(writer.sync_engine, "connect", _sqlite_on_connect)
-            event.listen(writer.sync_engine, "begin", _sqlite_begin_immediate)
             event.listen(reader.sync_engine, "connect", _sqlite_on_connect)
             event.listen(reader.sync_engine, "begin", _sqlite_begin_deferred)
             hop = create_engine(
-                parsed.set(drivername="sqlite").render_as_string(hide_password=False),
+                sync_url,
                 pool_size=HOP_THREADS,
                 max_overflow=0,
                 hide_parameters=True,
@@ -192,7 +360,10 @@ class Database:
         return cls(url=url, dialect="postgresql", writer=engine, reader=engine, fast_reader=engine)
 
     async def dispose(self) -> None:
-        await self.writer.dispose()
+        if isinstance(self.writer, HopWriteEngine):
+            await asyncio.to_thread(self.writer.dispose)
+        else:
+            await self.writer.dispose()
         if self.reader is not self.writer:
             await self.reader.dispose()
         if isinstance(self.fast_reader, HopEngine):

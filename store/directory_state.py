@@ -14,9 +14,8 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, insert, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from store.database import Database
+from store.database import Database, WriteConnection
 from store.errors import DomainNotFound, InvalidInput
 from store.model import Bal, BalStatus, BalType, Document, Placement
 from store.schema import bals, directory_publication, documents, domains, leases
@@ -78,7 +77,7 @@ MAX_ERROR_CHARS = 2000
 _BATCH = 500
 
 
-async def _database_now(conn: AsyncConnection) -> datetime:
+async def _database_now(conn: WriteConnection) -> datetime:
     """The database's clock (aware, UTC): what leases compare against, so that the hosts of a
     cluster, whose clocks may differ, agree on when a lease expires. Read once and then bound like
     any other timestamp, so that comparisons go through the same column type on both engines
@@ -93,7 +92,7 @@ async def _database_now(conn: AsyncConnection) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _upsert(conn: AsyncConnection, table: Any) -> Any:
+def _upsert(conn: WriteConnection, table: Any) -> Any:
     """INSERT ... ON CONFLICT for the connection's engine (both have the same API)."""
     if conn.dialect.name == "sqlite":
         return sqlite.insert(table)
