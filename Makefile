@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.directory_bench
 	$(BIN)/python -m bench.ldap_bench
 	scripts/bench-services.sh
+	$(BIN)/python -m pip install -q py-spy  # the IMAP bench profiles Colombe where it is slower
 	$(BIN)/python -m bench.mta_bench --sink --wait-quiet 180
 	$(BIN)/python -m bench.imap_bench
 

@@ -90,7 +90,8 @@ class Candidate:
     """One message to test. ``header``/``raw`` are filled when :func:`needs` says so.
 
     ``header`` is the complete top-level header block; without it ``raw`` is used, then
-    ``info.header`` (possibly truncated at delivery).
+    ``info.header`` (possibly truncated at delivery). ``fields``: the header already decoded
+    (:func:`decoded_header`), in which case no header block is needed.
     """
 
     seq: int
@@ -100,7 +101,7 @@ class Candidate:
     header: bytes | None = None
     raw: bytes | None = None
     # Decoded text, computed on first use: an OR of several string keys decodes once.
-    _fields: list[tuple[str, str]] | None = field(default=None, init=False, repr=False)
+    fields: list[tuple[str, str]] | None = field(default=None, repr=False)
     _body: str | None = field(default=None, init=False, repr=False)
 
 
@@ -380,8 +381,17 @@ _DECODED: OrderedDict[str, list[tuple[str, str]]] = OrderedDict()
 DECODED_CACHE_SIZE = 20_000
 
 
+def decoded_header(blob: str) -> list[tuple[str, str]] | None:
+    """The decoded header fields of the message stored in ``blob``, if a search decoded them
+    recently: with them a search reads no header from the store."""
+    cached = _DECODED.get(blob)
+    if cached is not None:
+        _DECODED.move_to_end(blob)
+    return cached
+
+
 def _fields(c: Candidate) -> list[tuple[str, str]]:
-    if c._fields is None:
+    if c.fields is None:
         complete = c.header is not None or c.raw is not None
         cached = _DECODED.get(c.info.blob) if complete and c.info.blob else None
         if cached is None:
@@ -392,8 +402,8 @@ def _fields(c: Candidate) -> list[tuple[str, str]]:
                     _DECODED.popitem(last=False)
         else:
             _DECODED.move_to_end(c.info.blob)
-        c._fields = cached
-    return c._fields
+        c.fields = cached
+    return c.fields
 
 
 def _body_text(c: Candidate) -> str:

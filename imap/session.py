@@ -1090,13 +1090,22 @@ class Session:
         if in_database is not None:
             found = await self.store.find_messages(selected.id, in_database)
             return [(uid, modseq) for uid, modseq in found if selected.seq_of(uid) is not None]
-        # Flags, dates and sizes need no MIME structure; header keys need the header block.
-        columns: tuple[str, ...] | None = _SEARCH_COLUMNS
-        if need is search.Need.HEADER:
-            columns = (*_SEARCH_COLUMNS, "header")
-        elif need is search.Need.FULL:
-            columns = None
+        # Flags, dates and sizes need no MIME structure; header keys need the header block,
+        # unless a search decoded it lately (a blob never changes).
+        columns = None if need is search.Need.FULL else _SEARCH_COLUMNS
         infos = await self.store.list_messages(selected.id, columns=columns)
+        known: dict[int, list[tuple[str, str]]] = {}
+        headers: dict[int, MessageInfo] = {}
+        if need is search.Need.HEADER:
+            for info in infos:
+                if (fields := search.decoded_header(info.blob)) is not None:
+                    known[info.uid] = fields
+            missing = [i.uid for i in infos if i.uid not in known]
+            if missing:
+                for info in await self.store.list_messages(
+                    selected.id, missing, columns=(*_SEARCH_COLUMNS, "header")
+                ):
+                    headers[info.uid] = info
         scope = search.Scope(
             uids=selected.uids,
             count=selected.exists,
@@ -1108,9 +1117,14 @@ class Session:
             seq = selected.seq_of(info.uid)
             if seq is None:
                 continue
-            candidate = search.Candidate(seq, info.uid, info, info.uid in selected.recent)
-            if need is search.Need.HEADER:
-                candidate.header = await self._header_block(info)
+            candidate = search.Candidate(
+                seq, info.uid, info, info.uid in selected.recent, fields=known.get(info.uid)
+            )
+            if need is search.Need.HEADER and candidate.fields is None:
+                with_header = headers.get(info.uid)
+                if with_header is None:
+                    continue  # expunged since the first read
+                candidate.header = await self._header_block(with_header)
             elif need is search.Need.FULL:
                 candidate.raw = await self.store.read_message(info)
             if search.matches(cmd.criteria, candidate, scope):

@@ -261,16 +261,16 @@ class HopWriteEngine:
         self.engine = engine
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-write")
         self._lock = asyncio.Lock()
-        self._lock_timeout = lock_timeout
+        self.lock_timeout = lock_timeout
 
     @contextlib.asynccontextmanager
     async def begin(self) -> AsyncIterator[HopTransaction]:
         try:
-            async with asyncio.timeout(self._lock_timeout):
+            async with asyncio.timeout(self.lock_timeout):
                 await self._lock.acquire()
         except TimeoutError:
             raise SQLAlchemyTimeout(
-                f"the SQLite writer stayed busy for {self._lock_timeout:g} s"
+                f"the SQLite writer stayed busy for {self.lock_timeout:g} s"
             ) from None
         try:
             tx = HopTransaction(self.engine, self.executor)

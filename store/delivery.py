@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DataError, IntegrityError
 
 from store.changes import ChangeFeed, notify_other_processes
@@ -125,53 +126,8 @@ class GroupCommitter:
                         item.future.set_exception(single_exc)
 
     async def _commit(self, batch: list[_Pending]) -> None:
-        by_folder: dict[tuple[int, str], list[_Pending]] = defaultdict(list)
-        for item in batch:
-            by_folder[item.folder_id, item.folder_name].append(item)
-        results: list[tuple[_Pending, DeliveryResult]] = []
-        vanished: list[_Pending] = []
-        notifications: list[tuple[int, int]] = []
         async with self._db.writer.begin() as conn:
-            rows: list[dict[str, Any]] = []
-            # Lock folders in id order: two processes committing overlapping batches cannot deadlock.
-            for folder_id, folder_name in sorted(by_folder):
-                items = by_folder[folder_id, folder_name]
-                n = len(items)
-                allocated = (
-                    await conn.execute(
-                        update(folders)
-                        .where(folders.c.id == folder_id, folders.c.name == folder_name)
-                        .values(
-                            uid_next=folders.c.uid_next + n,
-                            highest_modseq=folders.c.highest_modseq + n,
-                        )
-                        .returning(folders.c.uid_next, folders.c.highest_modseq)
-                    )
-                ).first()
-                if allocated is None:
-                    vanished.extend(items)
-                    continue
-                first_uid = allocated.uid_next - n
-                first_modseq = allocated.highest_modseq - n + 1
-                for i, item in enumerate(items):
-                    row = dict(item.row, folder_id=folder_id, uid=first_uid + i)
-                    row["modseq"] = first_modseq + i
-                    rows.append(row)
-                    results.append(
-                        (
-                            item,
-                            DeliveryResult(
-                                folder_id=folder_id,
-                                uid=first_uid + i,
-                                modseq=first_modseq + i,
-                                blob=row["blob"],
-                                size=row["size"],
-                            ),
-                        )
-                    )
-                notifications.append((folder_id, allocated.highest_modseq))
-            if rows:
-                await conn.execute(insert(messages), rows)
+            results, vanished, notifications = await conn.run_sync(_insert_batch, batch)
             if self._db.is_postgresql:
                 for folder_id, modseq in notifications:
                     await notify_other_processes(conn, folder_id, modseq)
@@ -185,3 +141,51 @@ class GroupCommitter:
                 item.future.set_exception(FolderVanished(item.folder_id))
         for folder_id, modseq in notifications:
             self._feed.publish(folder_id, modseq)
+
+
+def _insert_batch(
+    conn: Connection, batch: list[_Pending]
+) -> tuple[list[tuple[_Pending, DeliveryResult]], list[_Pending], list[tuple[int, int]]]:
+    """The rows of a batch, in one transaction (one thread hop on SQLite): the deliveries
+    committed with their UIDs, those whose folder vanished, and the (folder, MODSEQ) to notify."""
+    by_folder: dict[tuple[int, str], list[_Pending]] = defaultdict(list)
+    for item in batch:
+        by_folder[item.folder_id, item.folder_name].append(item)
+    results: list[tuple[_Pending, DeliveryResult]] = []
+    vanished: list[_Pending] = []
+    notifications: list[tuple[int, int]] = []
+    rows: list[dict[str, Any]] = []
+    # Lock folders in id order: two processes committing overlapping batches cannot deadlock.
+    for folder_id, folder_name in sorted(by_folder):
+        items = by_folder[folder_id, folder_name]
+        n = len(items)
+        allocated = conn.execute(
+            update(folders)
+            .where(folders.c.id == folder_id, folders.c.name == folder_name)
+            .values(
+                uid_next=folders.c.uid_next + n,
+                highest_modseq=folders.c.highest_modseq + n,
+            )
+            .returning(folders.c.uid_next, folders.c.highest_modseq)
+        ).first()
+        if allocated is None:
+            vanished.extend(items)
+            continue
+        first_uid = allocated.uid_next - n
+        first_modseq = allocated.highest_modseq - n + 1
+        for i, item in enumerate(items):
+            row = dict(item.row, folder_id=folder_id, uid=first_uid + i)
+            row["modseq"] = first_modseq + i
+            rows.append(row)
+            result = DeliveryResult(
+                folder_id=folder_id,
+                uid=first_uid + i,
+                modseq=first_modseq + i,
+                blob=row["blob"],
+                size=row["size"],
+            )
+            results.append((item, result))
+        notifications.append((folder_id, allocated.highest_modseq))
+    if rows:
+        conn.execute(insert(messages), rows)
+    return results, vanished, notifications

@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import and_, case, delete, func, insert, or_, select, text, update
-from sqlalchemy.engine import Row, make_url
+from sqlalchemy.engine import Connection, Row, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from store import mime
@@ -279,6 +279,110 @@ def _queue_entry(row: Row[Any]) -> QueueEntry:
         last_error=row.last_error,
         delay_warned=bool(row.delay_warned),
     )
+
+
+def _lock_folder(conn: Connection, folder_id: int) -> None:
+    """Serialise writers of one folder: deliveries, flag changes, expunges and deletion all
+    lock the folder row first (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises), so
+    a read-then-write in one of them cannot interleave with another (RFC 7162 UNCHANGEDSINCE
+    needs exactly that)."""
+    found = conn.execute(
+        select(folders.c.id).where(folders.c.id == folder_id).with_for_update()
+    ).scalar()
+    if found is None:
+        raise StoreError(f"folder {folder_id} does not exist")
+
+
+def _take_modseqs(conn: Connection, folder_id: int, count: int) -> int:
+    """Reserve ``count`` MODSEQs of the folder; returns the highest."""
+    return int(
+        conn.execute(
+            update(folders)
+            .where(folders.c.id == folder_id)
+            .values(highest_modseq=folders.c.highest_modseq + count)
+            .returning(folders.c.highest_modseq)
+        ).scalar_one()
+    )
+
+
+def _set_flags(
+    conn: Connection,
+    folder_id: int,
+    uids: Sequence[int],
+    flags: Flag,
+    keywords: tuple[str, ...],
+    mode: Literal["replace", "add", "remove"],
+    unchanged_since: int | None,
+) -> list[FlagChange]:
+    """The transaction of :meth:`Store.set_flags`, whole (one thread hop on SQLite)."""
+    _lock_folder(conn, folder_id)
+    current: list[Any] = []
+    for chunk in _chunks(sorted(set(uids))):
+        current.extend(
+            conn.execute(
+                select(
+                    messages.c.id,
+                    messages.c.uid,
+                    messages.c.modseq,
+                    messages.c.flags,
+                    messages.c.keywords,
+                )
+                .where(messages.c.folder_id == folder_id, messages.c.uid.in_(chunk))
+                .order_by(messages.c.uid)
+            ).all()
+        )
+    planned: list[tuple[Any, int, list[str]]] = []
+    for row in current:
+        if unchanged_since is not None and row.modseq > unchanged_since:
+            continue
+        old_flags, old_keywords = Flag(row.flags), list(row.keywords)
+        if mode == "replace":
+            new_flags, new_keywords = flags, list(keywords)
+        elif mode == "add":
+            new_flags = old_flags | flags
+            new_keywords = old_keywords + [k for k in keywords if k not in old_keywords]
+        else:
+            new_flags = old_flags & ~flags
+            new_keywords = [k for k in old_keywords if k not in keywords]
+        if new_flags != old_flags or new_keywords != old_keywords:
+            planned.append((row, int(new_flags), new_keywords))
+    if not planned:
+        return []
+    modseq = _take_modseqs(conn, folder_id, len(planned)) - len(planned)
+    changes: list[FlagChange] = []
+    for row, flag_bits, keyword_list in planned:
+        modseq += 1
+        conn.execute(
+            update(messages)
+            .where(messages.c.id == row.id)
+            .values(flags=flag_bits, keywords=keyword_list, modseq=modseq)
+        )
+        changes.append(FlagChange(row.uid, modseq, Flag(flag_bits), tuple(keyword_list)))
+    return changes
+
+
+def _expunge(conn: Connection, folder_id: int, uids: Sequence[int] | None) -> tuple[list[int], int]:
+    """The transaction of :meth:`Store.expunge`: the UIDs removed and the MODSEQ taken."""
+    _lock_folder(conn, folder_id)
+    query = select(messages.c.uid).where(
+        messages.c.folder_id == folder_id,
+        messages.c.flags.op("&")(int(Flag.DELETED)) != 0,
+    )
+    found = list(conn.execute(query.order_by(messages.c.uid)).scalars())
+    if uids is not None:
+        allowed = set(uids)
+        found = [u for u in found if u in allowed]
+    if not found:
+        return [], 0
+    top = _take_modseqs(conn, folder_id, 1)
+    for chunk in _chunks(found):
+        conn.execute(
+            delete(messages).where(messages.c.folder_id == folder_id, messages.c.uid.in_(chunk))
+        )
+    conn.execute(
+        insert(expunged), [{"folder_id": folder_id, "uid": u, "modseq": top} for u in found]
+    )
+    return found, top
 
 
 class Store(DirectoryStateStore, AddressBookStore):
@@ -1091,62 +1195,13 @@ class Store(DirectoryStateStore, AddressBookStore):
         MODSEQ are left alone. Returns the messages actually changed.
         """
         wanted_keywords = _validate_keywords(keywords)
-        changes: list[FlagChange] = []
         async with self.db.writer.begin() as conn:
-            await self._lock_folder(conn, folder_id)
-            current: list[Any] = []
-            for chunk in _chunks(sorted(set(uids))):
-                current.extend(
-                    (
-                        await conn.execute(
-                            select(
-                                messages.c.id,
-                                messages.c.uid,
-                                messages.c.modseq,
-                                messages.c.flags,
-                                messages.c.keywords,
-                            )
-                            .where(messages.c.folder_id == folder_id, messages.c.uid.in_(chunk))
-                            .order_by(messages.c.uid)
-                        )
-                    ).all()
-                )
-            planned: list[tuple[Any, int, list[str]]] = []
-            for row in current:
-                if unchanged_since is not None and row.modseq > unchanged_since:
-                    continue
-                old_flags, old_keywords = Flag(row.flags), list(row.keywords)
-                if mode == "replace":
-                    new_flags, new_keywords = flags, list(wanted_keywords)
-                elif mode == "add":
-                    new_flags = old_flags | flags
-                    new_keywords = old_keywords + [
-                        k for k in wanted_keywords if k not in old_keywords
-                    ]
-                else:
-                    new_flags = old_flags & ~flags
-                    new_keywords = [k for k in old_keywords if k not in wanted_keywords]
-                if new_flags != old_flags or new_keywords != old_keywords:
-                    planned.append((row, int(new_flags), new_keywords))
-            if not planned:
+            changes = await conn.run_sync(
+                _set_flags, folder_id, uids, flags, wanted_keywords, mode, unchanged_since
+            )
+            if not changes:
                 return []
-            top = (
-                await conn.execute(
-                    update(folders)
-                    .where(folders.c.id == folder_id)
-                    .values(highest_modseq=folders.c.highest_modseq + len(planned))
-                    .returning(folders.c.highest_modseq)
-                )
-            ).scalar_one()
-            modseq = top - len(planned)
-            for row, flag_bits, keyword_list in planned:
-                modseq += 1
-                await conn.execute(
-                    update(messages)
-                    .where(messages.c.id == row.id)
-                    .values(flags=flag_bits, keywords=keyword_list, modseq=modseq)
-                )
-                changes.append(FlagChange(row.uid, modseq, Flag(flag_bits), tuple(keyword_list)))
+            top = changes[-1].modseq
             await self._notify(conn, folder_id, top)
         self.changes.publish(folder_id, top)
         return changes
@@ -1154,34 +1209,9 @@ class Store(DirectoryStateStore, AddressBookStore):
     async def expunge(self, folder_id: int, uids: Sequence[int] | None = None) -> list[int]:
         """Remove the messages flagged \\Deleted (only among ``uids`` if given: UID EXPUNGE)."""
         async with self.db.writer.begin() as conn:
-            await self._lock_folder(conn, folder_id)
-            query = select(messages.c.uid).where(
-                messages.c.folder_id == folder_id,
-                messages.c.flags.op("&")(int(Flag.DELETED)) != 0,
-            )
-            found = list((await conn.execute(query.order_by(messages.c.uid))).scalars())
-            if uids is not None:
-                allowed = set(uids)
-                found = [u for u in found if u in allowed]
+            found, top = await conn.run_sync(_expunge, folder_id, uids)
             if not found:
                 return []
-            top = (
-                await conn.execute(
-                    update(folders)
-                    .where(folders.c.id == folder_id)
-                    .values(highest_modseq=folders.c.highest_modseq + 1)
-                    .returning(folders.c.highest_modseq)
-                )
-            ).scalar_one()
-            for chunk in _chunks(found):
-                await conn.execute(
-                    delete(messages).where(
-                        messages.c.folder_id == folder_id, messages.c.uid.in_(chunk)
-                    )
-                )
-            await conn.execute(
-                insert(expunged), [{"folder_id": folder_id, "uid": u, "modseq": top} for u in found]
-            )
             await self._notify(conn, folder_id, top)
         self.changes.publish(folder_id, top)
         return found
@@ -1349,17 +1379,7 @@ class Store(DirectoryStateStore, AddressBookStore):
         )
 
     async def _lock_folder(self, conn: WriteConnection, folder_id: int) -> None:
-        """Serialise writers of one folder: deliveries, flag changes, expunges and deletion all
-        lock the folder row first (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises), so
-        a read-then-write in one of them cannot interleave with another (RFC 7162 UNCHANGEDSINCE
-        needs exactly that)."""
-        found = (
-            await conn.execute(
-                select(folders.c.id).where(folders.c.id == folder_id).with_for_update()
-            )
-        ).scalar()
-        if found is None:
-            raise StoreError(f"folder {folder_id} does not exist")
+        await conn.run_sync(_lock_folder, folder_id)
 
     async def _notify(self, conn: WriteConnection, folder_id: int, modseq: int) -> None:
         if self.db.is_postgresql:

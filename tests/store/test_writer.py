@@ -1,0 +1,122 @@
+"""Write transactions: all or nothing whatever interrupts them, and the writer is never left
+held (SQLite runs them on one connection in a thread of its own: HopWriteEngine)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
+
+from store import Store
+from store.database import HopWriteEngine
+from store.schema import domains
+
+
+async def _domain_names(store: Store) -> list[str]:
+    async with store.db.reader.connect() as conn:
+        rows = await conn.execute(select(domains.c.name).order_by(domains.c.name))
+        return [r.name for r in rows]
+
+
+def _add(name: str) -> dict[str, object]:
+    return {"name": name, "created_at": datetime.now(UTC)}
+
+
+async def test_a_transaction_cancelled_midway_is_rolled_back_and_frees_the_writer(
+    store: Store,
+) -> None:
+    holding = asyncio.Event()
+
+    async def abandoned() -> None:
+        async with store.db.writer.begin() as conn:
+            await conn.execute(insert(domains), _add("abandoned.mssante.fr"))
+            holding.set()
+            await asyncio.sleep(60)
+
+    task = asyncio.create_task(abandoned())
+    await holding.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with asyncio.timeout(10):
+        async with store.db.writer.begin() as conn:
+            await conn.execute(insert(domains), _add("next.mssante.fr"))
+    assert await _domain_names(store) == ["next.mssante.fr"]
+
+
+async def test_an_error_in_a_transaction_undoes_every_statement_of_it(store: Store) -> None:
+    async def fail_midway() -> None:
+        async with store.db.writer.begin() as conn:
+            await conn.execute(insert(domains), _add("first.mssante.fr"))
+            await conn.execute(insert(domains), _add("second.mssante.fr"))
+            raise RuntimeError("midway")
+
+    with pytest.raises(RuntimeError, match="midway"):
+        await fail_midway()
+    assert await _domain_names(store) == []
+
+
+async def test_a_failing_statement_in_a_one_hop_transaction_undoes_the_others(
+    store: Store,
+) -> None:
+    def two_inserts(conn: Connection) -> None:
+        conn.execute(insert(domains), _add("kept-only-if-both.mssante.fr"))
+        conn.execute(insert(domains), _add("kept-only-if-both.mssante.fr"))  # unique: fails
+
+    async def in_one_hop() -> None:
+        async with store.db.writer.begin() as conn:
+            await conn.run_sync(two_inserts)
+
+    with pytest.raises(Exception, match=r"(?i)unique"):
+        await in_one_hop()
+    assert await _domain_names(store) == []
+
+
+async def test_concurrent_transactions_each_see_their_own_statements(store: Store) -> None:
+    async def add_two(i: int) -> list[str]:
+        mine = [f"a{i}.mssante.fr", f"b{i}.mssante.fr"]
+        async with store.db.writer.begin() as conn:
+            await conn.execute(insert(domains), _add(mine[0]))
+            await asyncio.sleep(0)
+            await conn.execute(insert(domains), _add(mine[1]))
+            seen = await conn.execute(
+                select(domains.c.name).where(domains.c.name.in_(mine)).order_by(domains.c.name)
+            )
+            return [r.name for r in seen]
+
+    seen = await asyncio.gather(*(add_two(i) for i in range(30)))
+    assert seen == [[f"a{i}.mssante.fr", f"b{i}.mssante.fr"] for i in range(30)]
+    assert len(await _domain_names(store)) == 60
+
+
+async def test_sqlite_writer_busy_too_long_gives_a_timeout_not_a_hang(tmp_path: Path) -> None:
+    store = await Store.open(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "blobs")
+    try:
+        writer = store.db.writer
+        assert isinstance(writer, HopWriteEngine)
+        writer.lock_timeout = 0.2
+        release = asyncio.Event()
+        held = asyncio.Event()
+
+        async def hold() -> None:
+            async with writer.begin():
+                held.set()
+                await release.wait()
+
+        holder = asyncio.create_task(hold())
+        await held.wait()
+        with pytest.raises(SQLAlchemyTimeout, match="busy"):
+            async with writer.begin():
+                pass
+        release.set()
+        await holder
+        async with writer.begin() as conn:  # free again
+            await conn.execute(insert(domains), _add("after.mssante.fr"))
+        assert await _domain_names(store) == ["after.mssante.fr"]
+    finally:
+        await store.close()
