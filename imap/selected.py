@@ -101,8 +101,7 @@ class SelectedMailbox:
         changes = await self.store.changes_since(self.id, self.known_modseq, covering=covering)
         self.known_modseq = max(self.known_modseq, changes.highest_modseq)
         out = bytearray()
-        present = set(self.uids)
-        self.pending_expunge.update(u for u in changes.vanished if u in present)
+        self.pending_expunge.update(u for u in changes.vanished if self.seq_of(u) is not None)
         if expunges_allowed and self.pending_expunge:
             out += self.expunge_responses(sorted(self.pending_expunge), modes)
         largest = self.uids[-1] if self.uids else 0

@@ -5,6 +5,12 @@ changed since the MODSEQ it knew (``Store.changes_since``), so lost or duplicate
 harmless. In one process (SQLite) the store publishes after each commit; with PostgreSQL every
 process also LISTENs on one channel, and writers NOTIFY inside their transaction, so a delivery made
 by any front end reaches the IDLE sessions of all the others.
+
+A change made in this process is also published with what it was (:class:`Written`), kept while
+the folder is watched: when the changes since a watcher's MODSEQ are all known here, the store
+answers without a query (ten sessions on one mailbox, each STORE woke nine polls). A MODSEQ
+missing from the record (a change made by another process, or by a write that does not record)
+sends the question to the database, so the record only ever saves queries, never decides.
 """
 
 from __future__ import annotations
@@ -12,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections import OrderedDict, defaultdict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
 
 from store.database import WriteConnection
+from store.model import FlagChange, FolderChanges
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +75,29 @@ class FolderWatch:
         return True
 
 
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What one committed transaction of this process did to a folder: it took the MODSEQs
+    ``first`` to ``last``; the messages it created or whose flags it changed, with their state
+    then; the UIDs it expunged."""
+
+    first: int
+    last: int
+    changed: Sequence[FlagChange] = ()
+    vanished: Sequence[int] = ()
+
+
+RECORDED_PER_FOLDER = 64
+"""Transactions remembered per watched folder (a session further behind asks the database)."""
+
+
 class ChangeFeed:
     """In-process fan-out of folder changes."""
 
     def __init__(self) -> None:
         self._watches: dict[int, set[FolderWatch]] = defaultdict(set)
+        # Watched folders only: MODSEQ first -> Written, in commit order.
+        self._written: dict[int, OrderedDict[int, Written]] = {}
 
     @contextlib.asynccontextmanager
     async def watch(self, folder_id: int) -> AsyncIterator[FolderWatch]:
@@ -85,8 +111,16 @@ class ChangeFeed:
                 watchers.discard(w)
                 if not watchers:
                     del self._watches[folder_id]
+                    self._written.pop(folder_id, None)
 
-    def publish(self, folder_id: int, modseq: int) -> None:
+    def publish(self, folder_id: int, modseq: int, written: Written | None = None) -> None:
+        """Wake the watchers of a folder whose HIGHESTMODSEQ reached ``modseq``; ``written``:
+        what this process's transaction did, remembered if the folder is watched."""
+        if written is not None and folder_id in self._watches:
+            record = self._written.setdefault(folder_id, OrderedDict())
+            record[written.first] = written
+            if len(record) > RECORDED_PER_FOLDER:
+                record.popitem(last=False)
         if folder_id == ALL_FOLDERS:
             for watchers in self._watches.values():
                 for w in watchers:
@@ -95,6 +129,30 @@ class ChangeFeed:
             return
         for w in self._watches.get(folder_id, ()):
             w._notify(modseq)
+
+    def changes_known(self, folder_id: int, modseq: int, covering: int) -> FolderChanges | None:
+        """The changes after ``modseq`` up to at least ``covering``, if every MODSEQ between
+        was taken by a transaction recorded here; else None (ask the database)."""
+        record = self._written.get(folder_id)
+        if record is None or not modseq < covering:
+            return None
+        changed: dict[int, FlagChange] = {}
+        vanished: set[int] = set()
+        at = modseq
+        while (written := record.get(at + 1)) is not None:
+            for change in written.changed:
+                changed[change.uid] = change
+            for uid in written.vanished:
+                changed.pop(uid, None)
+                vanished.add(uid)
+            at = written.last
+        if at < covering:
+            return None
+        return FolderChanges(
+            highest_modseq=at,
+            changed=tuple(changed[uid] for uid in sorted(changed)),
+            vanished=tuple(sorted(vanished)),
+        )
 
     def watcher_count(self) -> int:
         return sum(len(s) for s in self._watches.values())

@@ -22,10 +22,10 @@ from sqlalchemy import insert, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DataError, IntegrityError
 
-from store.changes import ChangeFeed, notify_other_processes
+from store.changes import ChangeFeed, Written, notify_other_processes
 from store.database import Database
 from store.errors import StoreError
-from store.model import DeliveryResult
+from store.model import DeliveryResult, Flag, FlagChange
 from store.schema import folders, messages
 
 log = logging.getLogger(__name__)
@@ -127,10 +127,10 @@ class GroupCommitter:
 
     async def _commit(self, batch: list[_Pending]) -> None:
         async with self._db.writer.begin() as conn:
-            results, vanished, notifications = await conn.run_sync(_insert_batch, batch)
+            results, vanished, written = await conn.run_sync(_insert_batch, batch)
             if self._db.is_postgresql:
-                for folder_id, modseq in notifications:
-                    await notify_other_processes(conn, folder_id, modseq)
+                for folder_id, record in written:
+                    await notify_other_processes(conn, folder_id, record.last)
         self.batches += 1
         self.committed += len(results)
         for item, result in results:
@@ -139,21 +139,21 @@ class GroupCommitter:
         for item in vanished:
             if not item.future.done():
                 item.future.set_exception(FolderVanished(item.folder_id))
-        for folder_id, modseq in notifications:
-            self._feed.publish(folder_id, modseq)
+        for folder_id, record in written:
+            self._feed.publish(folder_id, record.last, record)
 
 
 def _insert_batch(
     conn: Connection, batch: list[_Pending]
-) -> tuple[list[tuple[_Pending, DeliveryResult]], list[_Pending], list[tuple[int, int]]]:
+) -> tuple[list[tuple[_Pending, DeliveryResult]], list[_Pending], list[tuple[int, Written]]]:
     """The rows of a batch, in one transaction (one thread hop on SQLite): the deliveries
-    committed with their UIDs, those whose folder vanished, and the (folder, MODSEQ) to notify."""
+    committed with their UIDs, those whose folder vanished, and what each folder got."""
     by_folder: dict[tuple[int, str], list[_Pending]] = defaultdict(list)
     for item in batch:
         by_folder[item.folder_id, item.folder_name].append(item)
     results: list[tuple[_Pending, DeliveryResult]] = []
     vanished: list[_Pending] = []
-    notifications: list[tuple[int, int]] = []
+    written: list[tuple[int, Written]] = []
     rows: list[dict[str, Any]] = []
     # Lock folders in id order: two processes committing overlapping batches cannot deadlock.
     for folder_id, folder_name in sorted(by_folder):
@@ -173,6 +173,7 @@ def _insert_batch(
             continue
         first_uid = allocated.uid_next - n
         first_modseq = allocated.highest_modseq - n + 1
+        new: list[FlagChange] = []
         for i, item in enumerate(items):
             row = dict(item.row, folder_id=folder_id, uid=first_uid + i)
             row["modseq"] = first_modseq + i
@@ -185,7 +186,10 @@ def _insert_batch(
                 size=row["size"],
             )
             results.append((item, result))
-        notifications.append((folder_id, allocated.highest_modseq))
+            new.append(
+                FlagChange(result.uid, result.modseq, Flag(row["flags"]), tuple(row["keywords"]))
+            )
+        written.append((folder_id, Written(first_modseq, allocated.highest_modseq, new)))
     if rows:
         conn.execute(insert(messages), rows)
-    return results, vanished, notifications
+    return results, vanished, written

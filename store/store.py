@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from store import mime
 from store.address_book import AddressBookStore
 from store.blobs import BlobStore
-from store.changes import ChangeFeed, PostgresChangeFeed, notify_other_processes
+from store.changes import ChangeFeed, PostgresChangeFeed, Written, notify_other_processes
 from store.database import Database, WriteConnection, migrate
 from store.delivery import FolderVanished, GroupCommitter
 from store.directory_state import DirectoryStateStore
@@ -1203,7 +1203,7 @@ class Store(DirectoryStateStore, AddressBookStore):
                 return []
             top = changes[-1].modseq
             await self._notify(conn, folder_id, top)
-        self.changes.publish(folder_id, top)
+        self.changes.publish(folder_id, top, Written(changes[0].modseq, top, changes))
         return changes
 
     async def expunge(self, folder_id: int, uids: Sequence[int] | None = None) -> list[int]:
@@ -1213,7 +1213,7 @@ class Store(DirectoryStateStore, AddressBookStore):
             if not found:
                 return []
             await self._notify(conn, folder_id, top)
-        self.changes.publish(folder_id, top)
+        self.changes.publish(folder_id, top, Written(top, top, vanished=found))
         return found
 
     async def copy_messages(
@@ -1258,12 +1258,21 @@ class Store(DirectoryStateStore, AddressBookStore):
             ).one()
             first_uid, first_modseq = allocated.uid_next - n, allocated.highest_modseq - n + 1
             rows = []
+            copies: list[FlagChange] = []
             for i, original in enumerate(originals):
                 row = dict(original._mapping)
                 del row["id"]
                 row.update(folder_id=target_id, uid=first_uid + i, modseq=first_modseq + i)
                 rows.append(row)
                 pairs.append((original.uid, first_uid + i))
+                copies.append(
+                    FlagChange(
+                        first_uid + i,
+                        first_modseq + i,
+                        Flag(original.flags),
+                        tuple(original.keywords),
+                    )
+                )
             await conn.execute(insert(messages), rows)
             await self._notify(conn, target_id, allocated.highest_modseq)
             source_top = None
@@ -1288,9 +1297,11 @@ class Store(DirectoryStateStore, AddressBookStore):
                     [{"folder_id": source_id, "uid": u, "modseq": source_top} for u in moved],
                 )
                 await self._notify(conn, source_id, source_top)
-        self.changes.publish(target_id, allocated.highest_modseq)
+        top = allocated.highest_modseq
+        self.changes.publish(target_id, top, Written(first_modseq, top, copies))
         if source_top is not None:
-            self.changes.publish(source_id, source_top)
+            moved = [uid for uid, _ in pairs]
+            self.changes.publish(source_id, source_top, Written(source_top, source_top, (), moved))
         return pairs
 
     async def set_subscribed(self, folder_id: int, subscribed: bool) -> None:
@@ -1322,6 +1333,9 @@ class Store(DirectoryStateStore, AddressBookStore):
         the caller woke for; a shared answer older than that is not used (the query must have
         started after that commit), so sharing never hides a change.
         """
+        known = self.changes.changes_known(folder_id, modseq, covering)
+        if known is not None:
+            return known
         key = (folder_id, modseq)
         pending = self._changes_in_flight.get(key)
         if pending is not None:

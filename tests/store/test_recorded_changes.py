@@ -1,0 +1,95 @@
+"""The change feed's record of this process's own writes answers ``changes_since`` exactly as
+the database would, and only when it knows every MODSEQ in between."""
+
+from __future__ import annotations
+
+import random
+
+from store import Flag, Store
+from store.model import FolderChanges
+from tests.conftest import StoreLocation
+from tests.store.messages import simple_message
+
+
+async def _from_database(store: Store, folder_id: int, modseq: int) -> FolderChanges:
+    return await store._changes_since(folder_id, modseq)
+
+
+async def test_recorded_changes_equal_the_database_answer_after_every_kind_of_write(
+    store: Store, doctor: str
+) -> None:
+    """Deliveries, flag changes, expunges, copies and moves, in a seeded random order, with a
+    session watching: from every MODSEQ it might know (a session learns MODSEQs at the end of
+    transactions), the answer from the record (taken without a query) is the database's."""
+    await store.deliver(doctor, simple_message(0))
+    inbox = await store.get_folder(doctor, "INBOX")
+    other = await store.create_folder(doctor, "Archives")
+    rng = random.Random(7)
+    async with store.changes.watch(inbox.id):
+        start = (await store.get_folder(doctor, "INBOX")).highest_modseq
+        ends = [start]
+        for step in range(60):
+            uids = await store.uids(inbox.id)
+            action = rng.choice(["deliver", "flags", "flags", "expunge", "copy", "move"])
+            picked = rng.sample(uids, min(len(uids), rng.randint(1, 3))) if uids else []
+            if action == "deliver" or not picked:
+                await store.deliver(doctor, simple_message(step), flags=Flag.SEEN)
+            elif action == "flags":
+                await store.set_flags(
+                    inbox.id,
+                    picked,
+                    flags=rng.choice([Flag.SEEN, Flag.DELETED, Flag.FLAGGED]),
+                    keywords=rng.choice([(), ("$Label1",)]),
+                    mode=rng.choice(["add", "remove", "replace"]),
+                )
+            elif action == "expunge":
+                await store.expunge(inbox.id)
+            else:
+                await store.copy_messages(inbox.id, picked, other.id, move=action == "move")
+            ends.append((await store.get_folder(doctor, "INBOX")).highest_modseq)
+        top = ends[-1]
+        assert len(set(ends)) > 40
+        for modseq in sorted(set(ends))[:-1]:
+            recorded = store.changes.changes_known(inbox.id, modseq, top)
+            assert recorded is not None, f"MODSEQ {modseq}: the record should cover it"
+            assert recorded == await _from_database(store, inbox.id, modseq), modseq
+            assert await store.changes_since(inbox.id, modseq, covering=top) == recorded
+
+
+async def test_a_change_made_by_another_process_sends_the_question_to_the_database(
+    store: Store, store_location: StoreLocation, doctor: str
+) -> None:
+    await store.deliver(doctor, simple_message(0))
+    inbox = await store.get_folder(doctor, "INBOX")
+    async with store.changes.watch(inbox.id):
+        before = (await store.get_folder(doctor, "INBOX")).highest_modseq
+        await store.set_flags(inbox.id, [1], flags=Flag.SEEN, mode="add")  # recorded
+        elsewhere = await Store.open(store_location.url, store_location.blob_dir)
+        try:
+            await elsewhere.set_flags(inbox.id, [1], flags=Flag.FLAGGED, mode="add")
+        finally:
+            await elsewhere.close()
+        await store.set_flags(inbox.id, [1], flags=Flag.ANSWERED, mode="add")  # recorded
+        top = (await store.get_folder(doctor, "INBOX")).highest_modseq
+        assert top == before + 3
+        # Up to its own first change the record knows; past it, the other process's MODSEQ
+        # is missing, so nothing after ``before`` can be answered from the record.
+        assert store.changes.changes_known(inbox.id, before, before + 1) is not None
+        assert store.changes.changes_known(inbox.id, before, top) is None
+        answer = await store.changes_since(inbox.id, before, covering=top)
+        assert answer == await _from_database(store, inbox.id, before)
+        [change] = answer.changed
+        assert change.flags == Flag.SEEN | Flag.FLAGGED | Flag.ANSWERED
+
+
+async def test_an_unwatched_folder_records_nothing(store: Store, doctor: str) -> None:
+    await store.deliver(doctor, simple_message(0))
+    inbox = await store.get_folder(doctor, "INBOX")
+    before = inbox.highest_modseq
+    await store.set_flags(inbox.id, [1], flags=Flag.SEEN, mode="add")
+    assert store.changes.changes_known(inbox.id, before, before + 1) is None
+    async with store.changes.watch(inbox.id):
+        await store.set_flags(inbox.id, [1], flags=Flag.FLAGGED, mode="add")
+        assert store.changes.changes_known(inbox.id, before + 1, before + 2) is not None
+    # The last watcher gone, the record goes too.
+    assert store.changes.changes_known(inbox.id, before + 1, before + 2) is None
