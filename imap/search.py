@@ -66,6 +66,7 @@ __all__ = [
     "Candidate",
     "Need",
     "Scope",
+    "columns",
     "esearch_response",
     "matches",
     "needs",
@@ -151,6 +152,34 @@ def needs(criteria: SearchKey) -> Need:
     if isinstance(criteria, SearchAnd):
         return max((needs(key) for key in criteria.keys), default=Need.METADATA)
     return Need.METADATA
+
+
+def columns(criteria: SearchKey) -> frozenset[str]:
+    """The :class:`MessageInfo` fields :func:`matches` reads for the criteria (besides the UID
+    and the blob, always there; the header block and the raw message are :func:`needs`'
+    business): a search on the sender loads no dates, sizes or flags for 1,000 messages."""
+    if isinstance(criteria, SearchAnd):
+        return frozenset().union(*(columns(key) for key in criteria.keys))
+    if isinstance(criteria, SearchOr):
+        return columns(criteria.left) | columns(criteria.right)
+    if isinstance(criteria, SearchNot):
+        return columns(criteria.key)
+    if isinstance(criteria, SearchFlagKey):
+        return frozenset() if criteria.name in ("ALL", "OLD", "RECENT") else _FLAG_COLUMNS
+    if isinstance(criteria, SearchTextKey):
+        return _FLAG_COLUMNS if criteria.name in ("KEYWORD", "UNKEYWORD") else frozenset()
+    if isinstance(criteria, SearchDateKey):
+        if criteria.name.startswith("SENT"):
+            return frozenset({"sent_date", "internal_date"})
+        return frozenset({"internal_date"})
+    if isinstance(criteria, SearchNumberKey):
+        return frozenset({"size" if criteria.name in ("LARGER", "SMALLER") else "internal_date"})
+    if isinstance(criteria, SearchModSeqKey):
+        return frozenset({"modseq"})
+    return frozenset()  # sequence sets
+
+
+_FLAG_COLUMNS = frozenset({"flags", "keywords"})
 
 
 def uses_modseq(criteria: SearchKey) -> bool:

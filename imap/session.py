@@ -1092,7 +1092,7 @@ class Session:
             return [(uid, modseq) for uid, modseq in found if selected.seq_of(uid) is not None]
         # Flags, dates and sizes need no MIME structure; header keys need the header block,
         # unless a search decoded it lately (a blob never changes).
-        columns = None if need is search.Need.FULL else _SEARCH_COLUMNS
+        columns = None if need is search.Need.FULL else search.columns(cmd.criteria)
         infos = await self.store.list_messages(selected.id, columns=columns)
         known: dict[int, list[tuple[str, str]]] = {}
         headers: dict[int, MessageInfo] = {}
@@ -1103,7 +1103,7 @@ class Session:
             missing = [i.uid for i in infos if i.uid not in known]
             if missing:
                 for info in await self.store.list_messages(
-                    selected.id, missing, columns=(*_SEARCH_COLUMNS, "header")
+                    selected.id, missing, columns=("header",)
                 ):
                     headers[info.uid] = info
         scope = search.Scope(
@@ -1468,8 +1468,6 @@ _COLUMNS_OF: dict[str, tuple[str, ...]] = {
     "RFC822.SIZE": ("size",),
     "MODSEQ": ("modseq",),
 }
-# What SEARCH reads for each level of need.
-_SEARCH_COLUMNS = ("modseq", "internal_date", "size", "flags", "keywords", "sent_date")
 
 
 def _formatted_kind(attr: FetchAttr) -> str | None:

@@ -331,6 +331,38 @@ async def test_search_or_not_sequence_sets(imap: Imap) -> None:
     ]
 
 
+async def test_search_header_keys_again_follow_headers_past_the_stored_copy_and_current_flags(
+    imap: Imap,
+) -> None:
+    """A header longer than the row's copy (64 KiB) is searched whole; a search run again
+    (answered from the decoded headers it kept) finds the same, with flags as they are now."""
+    padding = "".join(f"X-Trace-{i}: {'x' * 990}\r\n" for i in range(70))
+    c = await selected(
+        imap,
+        message("Long", extra=padding + "X-Late: tardif\r\n"),
+        message("Court", sender="Dr Petit <petit@hopital-test.mssante.fr>"),
+        message("Autre"),
+    )
+    for tag in ("a3", "a4"):
+        assert await c.command("SEARCH HEADER X-Late tardif") == [
+            b"* SEARCH 1\r\n",
+            f"{tag} OK SEARCH completed\r\n".encode(),
+        ]
+    assert await c.command("SEARCH FROM martin UNSEEN") == [
+        b"* SEARCH 1 3\r\n",
+        b"a5 OK SEARCH completed\r\n",
+    ]
+    await c.ok("STORE 3 +FLAGS.SILENT (\\Seen)")
+    assert await c.command("SEARCH FROM martin UNSEEN") == [
+        b"* SEARCH 1\r\n",
+        b"a7 OK SEARCH completed\r\n",
+    ]
+    assert await c.command("SEARCH NOT FROM martin") == [
+        b"* SEARCH 2\r\n",
+        b"a8 OK SEARCH completed\r\n",
+    ]
+
+
 async def test_search_charset_utf8_with_accents(imap: Imap) -> None:
     c = await searchable(imap)
     word = "échographie".encode()

@@ -33,6 +33,7 @@ from imap.search import (
     Candidate,
     Need,
     Scope,
+    columns,
     esearch_response,
     matches,
     needs,
@@ -529,6 +530,67 @@ def test_search_keeps_candidate_order_and_combines_keys() -> None:
 )
 def test_needs_reports_what_to_load(text: str, expected: Need) -> None:
     assert needs(criteria(text)) is expected
+
+
+_EMPTY_FIELDS = {
+    "modseq": 0,
+    "internal_date": dt.datetime(1970, 1, 1, tzinfo=UTC),
+    "size": 0,
+    "flags": NO_FLAGS,
+    "keywords": (),
+    "sent_date": None,
+}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "UNSEEN",
+        "NEW",
+        "OLD",
+        "KEYWORD $Label1",
+        "UNKEYWORD Classe",
+        "SINCE 9-Mar-2026",
+        "SENTBEFORE 1-Jan-2026",
+        "LARGER 40",
+        "SMALLER 40",
+        "YOUNGER 864000",
+        "OLDER 864000",
+        "MODSEQ 4",
+        "OR FROM martin NOT (FLAGGED)",
+        "NOT (OR LARGER 40 SENTON 22-Nov-2026)",
+        "FROM martin SUBJECT compte",
+        "1:2 UID 1",
+    ],
+)
+@pytest.mark.parametrize("variant", range(4))
+def test_columns_names_every_field_the_criteria_read(text: str, variant: int) -> None:
+    """A row holding only the columns the criteria name (the others empty, as the store
+    returns them) matches exactly as the whole row does."""
+    raw = (
+        b"From: Dr Martin <martin@clinique-test.mssante.fr>\r\n"
+        b"Subject: Compte rendu\r\nDate: Sun, 22 Nov 2026 10:00:00 +0100\r\n\r\nbody\r\n"
+    )
+    whole = candidate(
+        raw,
+        modseq=3 + variant,
+        flags=[NO_FLAGS, Flag.SEEN, Flag.FLAGGED | Flag.SEEN, Flag.DELETED][variant],
+        keywords=[(), ("$Label1",), (), ("Classe",)][variant],
+        internal_date=DEFAULT_INTERNAL - dt.timedelta(days=4 * variant),
+        recent=variant % 2 == 0,
+    )
+    parsed = criteria(text)
+    kept = columns(parsed)
+    reduced_info = dataclasses.replace(
+        whole.info, **{k: v for k, v in _EMPTY_FIELDS.items() if k not in kept}
+    )
+    reduced = dataclasses.replace(whole, info=reduced_info)
+    assert matches(parsed, reduced, scope((1,))) == matches(parsed, whole, scope((1,)))
+
+
+def test_columns_of_a_header_search_are_none_of_the_metadata() -> None:
+    assert columns(criteria("FROM martin")) == frozenset()
+    assert columns(criteria("OR FROM a (TO b)")) == frozenset()
 
 
 def test_uses_modseq_finds_nested_modseq_keys() -> None:
