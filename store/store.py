@@ -19,7 +19,20 @@ from typing import Any, Literal, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import and_, case, delete, func, insert, or_, select, text, update
+from sqlalchemy import (
+    Integer,
+    Select,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Connection, Row, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -266,6 +279,30 @@ def _message_reader(names: tuple[str, ...]) -> Callable[[Row[Any]], MessageInfo]
     return read
 
 
+_HIGHEST_MODSEQ = select(folders.c.highest_modseq).where(folders.c.id == bindparam("folder_id"))
+_CHANGED_SINCE = (
+    select(messages.c.uid, messages.c.modseq, messages.c.flags, messages.c.keywords)
+    .where(messages.c.folder_id == bindparam("folder_id"), messages.c.modseq > bindparam("modseq"))
+    .order_by(messages.c.uid)
+)
+_EXPUNGED_SINCE = (
+    select(expunged.c.uid)
+    .where(expunged.c.folder_id == bindparam("folder_id"), expunged.c.modseq > bindparam("modseq"))
+    .order_by(expunged.c.uid)
+)
+
+
+@functools.cache
+def _messages_query(names: tuple[str, ...] | None, by_uid: bool) -> Select[Any]:
+    """The SELECT of :meth:`Store.list_messages` for a column set, built once: building the
+    expression anew cost more than running it for a single message (IMAP FETCH of one body)."""
+    columns = list(messages.c) if names is None else [messages.c[n] for n in names]
+    condition = messages.c.folder_id == bindparam("folder_id")
+    if by_uid:
+        condition = condition & messages.c.uid.in_(bindparam("uids", expanding=True))
+    return select(*columns).where(condition).order_by(messages.c.uid)
+
+
 def _queue_entry(row: Row[Any]) -> QueueEntry:
     return QueueEntry(
         id=row.id,
@@ -285,28 +322,46 @@ def _queue_entry(row: Row[Any]) -> QueueEntry:
     )
 
 
+# The statements of the hot write paths, built once (building one costs about as much as
+# running it on SQLite).
+_LOCK_FOLDER = select(folders.c.id).where(folders.c.id == bindparam("folder_id")).with_for_update()
+_TAKE_MODSEQS = (
+    update(folders)
+    .where(folders.c.id == bindparam("folder_id"))
+    .values(highest_modseq=folders.c.highest_modseq + bindparam("count", type_=Integer))
+    .returning(folders.c.highest_modseq)
+)
+_FLAGS_OF = (
+    select(messages.c.id, messages.c.uid, messages.c.modseq, messages.c.flags, messages.c.keywords)
+    .where(
+        messages.c.folder_id == bindparam("folder_id"),
+        messages.c.uid.in_(bindparam("uids", expanding=True)),
+    )
+    .order_by(messages.c.uid)
+)
+_SET_FLAGS = (
+    update(messages)
+    .where(messages.c.id == bindparam("row_id"))
+    .values(
+        flags=bindparam("new_flags"),
+        keywords=bindparam("new_keywords"),
+        modseq=bindparam("new_modseq"),
+    )
+)
+
+
 def _lock_folder(conn: Connection, folder_id: int) -> None:
     """Serialise writers of one folder: deliveries, flag changes, expunges and deletion all
     lock the folder row first (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises), so
     a read-then-write in one of them cannot interleave with another (RFC 7162 UNCHANGEDSINCE
     needs exactly that)."""
-    found = conn.execute(
-        select(folders.c.id).where(folders.c.id == folder_id).with_for_update()
-    ).scalar()
-    if found is None:
+    if conn.execute(_LOCK_FOLDER, {"folder_id": folder_id}).scalar() is None:
         raise StoreError(f"folder {folder_id} does not exist")
 
 
 def _take_modseqs(conn: Connection, folder_id: int, count: int) -> int:
     """Reserve ``count`` MODSEQs of the folder; returns the highest."""
-    return int(
-        conn.execute(
-            update(folders)
-            .where(folders.c.id == folder_id)
-            .values(highest_modseq=folders.c.highest_modseq + count)
-            .returning(folders.c.highest_modseq)
-        ).scalar_one()
-    )
+    return int(conn.execute(_TAKE_MODSEQS, {"folder_id": folder_id, "count": count}).scalar_one())
 
 
 def _set_flags(
@@ -322,19 +377,7 @@ def _set_flags(
     _lock_folder(conn, folder_id)
     current: list[Any] = []
     for chunk in _chunks(sorted(set(uids))):
-        current.extend(
-            conn.execute(
-                select(
-                    messages.c.id,
-                    messages.c.uid,
-                    messages.c.modseq,
-                    messages.c.flags,
-                    messages.c.keywords,
-                )
-                .where(messages.c.folder_id == folder_id, messages.c.uid.in_(chunk))
-                .order_by(messages.c.uid)
-            ).all()
-        )
+        current.extend(conn.execute(_FLAGS_OF, {"folder_id": folder_id, "uids": chunk}).all())
     planned: list[tuple[Any, int, list[str]]] = []
     for row in current:
         if unchanged_since is not None and row.modseq > unchanged_since:
@@ -354,14 +397,19 @@ def _set_flags(
         return []
     modseq = _take_modseqs(conn, folder_id, len(planned)) - len(planned)
     changes: list[FlagChange] = []
+    updates: list[dict[str, Any]] = []
     for row, flag_bits, keyword_list in planned:
         modseq += 1
-        conn.execute(
-            update(messages)
-            .where(messages.c.id == row.id)
-            .values(flags=flag_bits, keywords=keyword_list, modseq=modseq)
+        updates.append(
+            {
+                "row_id": row.id,
+                "new_flags": flag_bits,
+                "new_keywords": keyword_list,
+                "new_modseq": modseq,
+            }
         )
-        changes.append(FlagChange(row.uid, modseq, Flag(flag_bits), tuple(keyword_list)))
+        changes.append(FlagChange(row.uid, modseq, _flag(flag_bits), tuple(keyword_list)))
+    conn.execute(_SET_FLAGS, updates)
     return changes
 
 
@@ -1063,22 +1111,17 @@ class Store(DirectoryStateStore, AddressBookStore):
         need none of it.
         """
         if columns is None:
-            selected = list(messages.c)
             names = None
         else:
             wanted = {"folder_id", "uid", "blob", *columns}
             unknown = wanted - set(messages.c.keys())
             if unknown:
                 raise InvalidInput(f"unknown message columns: {sorted(unknown)}")
-            selected = [c for c in messages.c if c.name in wanted]
-            names = tuple(c.name for c in selected)
-        query = select(*selected)
+            names = tuple(c.name for c in messages.c if c.name in wanted)
         async with self.db.fast_reader.connect() as conn:
             if uids is None:
                 rows = (
-                    await conn.execute(
-                        query.where(messages.c.folder_id == folder_id).order_by(messages.c.uid)
-                    )
+                    await conn.execute(_messages_query(names, False), {"folder_id": folder_id})
                 ).all()
             else:
                 rows = []
@@ -1086,9 +1129,8 @@ class Store(DirectoryStateStore, AddressBookStore):
                     rows.extend(
                         (
                             await conn.execute(
-                                query.where(
-                                    messages.c.folder_id == folder_id, messages.c.uid.in_(chunk)
-                                ).order_by(messages.c.uid)
+                                _messages_query(names, True),
+                                {"folder_id": folder_id, "uids": chunk},
                             )
                         ).all()
                     )
@@ -1365,33 +1407,18 @@ class Store(DirectoryStateStore, AddressBookStore):
     async def _changes_since(self, folder_id: int, modseq: int) -> FolderChanges:
         # HIGHESTMODSEQ is read first: a change committed between the statements (they need
         # not share a snapshot) is then reported now and again at the next look, never lost.
+        since = {"folder_id": folder_id, "modseq": modseq}
         async with self.db.fast_reader.connect() as conn:
-            top = (
-                await conn.execute(
-                    select(folders.c.highest_modseq).where(folders.c.id == folder_id)
-                )
-            ).scalar()
+            top = (await conn.execute(_HIGHEST_MODSEQ, since)).scalar()
             if top is None:
                 raise StoreError(f"folder {folder_id} does not exist")
-            changed = (
-                await conn.execute(
-                    select(messages.c.uid, messages.c.modseq, messages.c.flags, messages.c.keywords)
-                    .where(messages.c.folder_id == folder_id, messages.c.modseq > modseq)
-                    .order_by(messages.c.uid)
-                )
-            ).all()
-            gone = (
-                await conn.execute(
-                    select(expunged.c.uid)
-                    .where(expunged.c.folder_id == folder_id, expunged.c.modseq > modseq)
-                    .order_by(expunged.c.uid)
-                )
-            ).scalars()
-            vanished = tuple(gone)
+            changed: Sequence[Any] = (await conn.execute(_CHANGED_SINCE, since)).all()
+            vanished = tuple((await conn.execute(_EXPUNGED_SINCE, since)).scalars())
         return FolderChanges(
             highest_modseq=top,
             changed=tuple(
-                FlagChange(r.uid, r.modseq, Flag(r.flags), tuple(r.keywords)) for r in changed
+                FlagChange(uid, change_modseq, _flag(flags), tuple(keywords))
+                for uid, change_modseq, flags, keywords in changed
             ),
             vanished=vanished,
         )
