@@ -185,21 +185,33 @@ class HopEngine:
         self.engine.dispose()
 
 
+def _pragma(conn: Connection, statement: str) -> None:
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    driver.execute(statement)
+
+
 class HopTransaction:
     """One transaction of :class:`HopWriteEngine`: each statement, or each whole function given
     to :meth:`run_sync`, runs in the writer thread on the one write connection."""
 
-    def __init__(self, engine: Engine, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, engine: Engine, executor: ThreadPoolExecutor, *, durable: bool) -> None:
         self._engine = engine
         self._executor = executor
+        self._durable = durable
         self._conn: Connection | None = None
 
     def _open(self) -> None:
         conn = self._engine.connect()
         try:
+            if not self._durable:
+                # On the driver's connection: outside any transaction, as SQLite wants it.
+                # _close puts FULL back.
+                _pragma(conn, "PRAGMA synchronous=NORMAL")
             conn.begin()  # BEGIN IMMEDIATE (the engine's "begin" listener)
         except BaseException:
-            conn.close()
+            self._conn = conn
+            self._close(False)
             raise
         self._conn = conn
 
@@ -213,7 +225,16 @@ class HopTransaction:
             else:
                 conn.rollback()
         finally:
-            conn.close()
+            try:
+                if not self._durable:
+                    _pragma(conn, "PRAGMA synchronous=FULL")
+            except BaseException:
+                # Never hand on a connection that might still skip the fsync: a new one
+                # starts with FULL (_sqlite_on_connect).
+                conn.invalidate()
+                raise
+            finally:
+                conn.close()
 
     @property
     def dialect(self) -> Dialect:
@@ -264,7 +285,9 @@ class HopWriteEngine:
         self.lock_timeout = lock_timeout
 
     @contextlib.asynccontextmanager
-    async def begin(self) -> AsyncIterator[HopTransaction]:
+    async def begin(self, *, durable: bool = True) -> AsyncIterator[HopTransaction]:
+        """A write transaction. ``durable=False``: its commit is not synced to disk (WAL with
+        ``synchronous=NORMAL``): a process crash loses nothing, a power cut may lose it."""
         try:
             async with asyncio.timeout(self.lock_timeout):
                 await self._lock.acquire()
@@ -273,7 +296,7 @@ class HopWriteEngine:
                 f"the SQLite writer stayed busy for {self.lock_timeout:g} s"
             ) from None
         try:
-            tx = HopTransaction(self.engine, self.executor)
+            tx = HopTransaction(self.engine, self.executor, durable=durable)
             opened = asyncio.get_running_loop().run_in_executor(self.executor, tx._open)
             try:
                 await opened
@@ -358,6 +381,22 @@ class Database:
             connect_args={"server_settings": {"synchronous_commit": "on"}},
         )
         return cls(url=url, dialect="postgresql", writer=engine, reader=engine, fast_reader=engine)
+
+    @contextlib.asynccontextmanager
+    async def write(self, *, durable: bool = True) -> AsyncIterator[WriteConnection]:
+        """A write transaction on either engine. ``durable=False`` for changes a power cut may
+        take back without harm, as Dovecot's ``mail_fsync = optimized`` does for flags and
+        expunges: the commit returns without waiting for the disk (SQLite WAL with
+        ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit = off``); a crash of the
+        process or of the database server loses nothing committed either way."""
+        if isinstance(self.writer, HopWriteEngine):
+            async with self.writer.begin(durable=durable) as conn:
+                yield conn
+            return
+        async with self.writer.begin() as pg:
+            if not durable:
+                await pg.execute(text("SET LOCAL synchronous_commit = off"))
+            yield pg
 
     async def dispose(self) -> None:
         if isinstance(self.writer, HopWriteEngine):

@@ -1241,7 +1241,7 @@ class Store(DirectoryStateStore, AddressBookStore):
         MODSEQ are left alone. Returns the messages actually changed.
         """
         wanted_keywords = _validate_keywords(keywords)
-        async with self.db.writer.begin() as conn:
+        async with self.db.write(durable=False) as conn:
             changes = await conn.run_sync(
                 _set_flags, folder_id, uids, flags, wanted_keywords, mode, unchanged_since
             )
@@ -1254,7 +1254,7 @@ class Store(DirectoryStateStore, AddressBookStore):
 
     async def expunge(self, folder_id: int, uids: Sequence[int] | None = None) -> list[int]:
         """Remove the messages flagged \\Deleted (only among ``uids`` if given: UID EXPUNGE)."""
-        async with self.db.writer.begin() as conn:
+        async with self.db.write(durable=False) as conn:
             found, top = await conn.run_sync(_expunge, folder_id, uids)
             if not found:
                 return []

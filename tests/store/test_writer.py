@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 
@@ -118,5 +118,41 @@ async def test_sqlite_writer_busy_too_long_gives_a_timeout_not_a_hang(tmp_path: 
         async with writer.begin() as conn:  # free again
             await conn.execute(insert(domains), _add("after.mssante.fr"))
         assert await _domain_names(store) == ["after.mssante.fr"]
+    finally:
+        await store.close()
+
+
+async def test_sqlite_a_non_durable_write_leaves_the_next_one_durable(tmp_path: Path) -> None:
+    """Flag changes commit without fsync (``synchronous=NORMAL``); a delivery that follows
+    on the same connection is synced again (FULL = 2)."""
+    store = await Store.open(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "blobs")
+    try:
+        for i, (durable, expected) in enumerate(((False, 1), (True, 2), (False, 1), (True, 2))):
+            async with store.db.write(durable=durable) as conn:
+                level = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
+                await conn.execute(insert(domains), _add(f"d{i}.mssante.fr"))
+            assert level == expected, (durable, level)
+
+        async def abandoned() -> None:
+            async with store.db.write(durable=False):
+                raise RuntimeError("abandoned")
+
+        with pytest.raises(RuntimeError):
+            await abandoned()
+        async with store.db.write() as conn:
+            assert (await conn.exec_driver_sql("PRAGMA synchronous")).scalar() == 2
+    finally:
+        await store.close()
+
+
+async def test_postgresql_a_non_durable_write_does_not_wait_for_the_wal_and_leaks_nothing(
+    pg_url: str, tmp_path: Path
+) -> None:
+    store = await Store.open(pg_url, tmp_path / "blobs")
+    try:
+        for durable, expected in ((False, "off"), (True, "on"), (False, "off"), (True, "on")):
+            async with store.db.write(durable=durable) as conn:
+                shown = (await conn.execute(text("SHOW synchronous_commit"))).scalar()
+            assert shown == expected, (durable, shown)
     finally:
         await store.close()
