@@ -1175,6 +1175,8 @@ class Session:
                     )
                     selected.reported[change.uid] = change.modseq
         missing = False
+        reads_header = any(_reads_header(a) for a in attributes)
+        reads_content = any(_reads_content(a) for a in attributes)
         for seq, uid in pairs:
             info = infos.get(uid)
             if info is None:
@@ -1182,8 +1184,13 @@ class Session:
                 continue
             if cmd.changed_since is not None and info.modseq <= cmd.changed_since:
                 continue
-            self.send(await self._fetch_response(seq, info, attributes, uid in newly_seen))
-            await self.maybe_flush()
+            header = await self.store.read_header(info) if reads_header else None
+            raw = await self.store.read_message(info) if reads_content else None
+            self.send(
+                self._fetch_response(seq, info, attributes, uid in newly_seen, header, raw)
+            )
+            if len(self.out) >= WRITE_HIGH_WATER:
+                await self.flush()
         await self._updates("UID FETCH" if cmd.uid else "FETCH")
         if missing and not cmd.uid:
             self.tagged(cmd.tag, "NO", "Some messages were expunged meanwhile", "EXPUNGEISSUED")
@@ -1225,13 +1232,19 @@ class Session:
 
         return self.server.formatted.get((info.blob, kind, utf8), compute)
 
-    async def _fetch_response(
-        self, seq: int, info: MessageInfo, attributes: list[FetchAttr], seen_set: bool
+    def _fetch_response(
+        self,
+        seq: int,
+        info: MessageInfo,
+        attributes: list[FetchAttr],
+        seen_set: bool,
+        header: bytes | None,
+        raw: bytes | None,
     ) -> bytes:
+        """One ``* n FETCH``; ``header`` and ``raw`` were read if an attribute needs them
+        (:func:`_reads_header`, :func:`_reads_content`)."""
         selected = self.selected
         assert selected is not None
-        raw: bytes | None = None
-        header: bytes | None = None
         items: list[bytes] = []
         flags_sent = False
         for attr in attributes:
@@ -1256,18 +1269,14 @@ class Session:
                 items.append(b"BODY " + self._formatted(info, "BODY"))
             elif name == "MODSEQ":
                 pass  # added below, once
-            elif name in ("RFC822.HEADER",) or (
-                name == "BODY" and attr.section is not None and _header_only(attr.section)
-            ):
-                if header is None:
-                    header = await self.store.read_header(info)
+            elif _reads_header(attr):
+                assert header is not None
                 section = attr.section if name == "BODY" else Section(text="HEADER")
                 assert section is not None
                 data = sections.section_bytes(header, info.body, section) or b""
                 items.append(_body_item(name, attr, data))
-            elif name in ("BODY", "RFC822", "RFC822.TEXT", "BINARY", "BINARY.SIZE"):
-                if raw is None:
-                    raw = await self.store.read_message(info)
+            elif _reads_content(attr):
+                assert raw is not None
                 items.append(self._content_item(raw, info, attr))
         if self.modes.condstore or any(a.name == "MODSEQ" for a in attributes):
             items.append(b"MODSEQ (%d)" % info.modseq)
@@ -1485,6 +1494,20 @@ def _needs_structure(attr: FetchAttr) -> bool:
         return True
     section = attr.section
     return attr.name == "BODY" and section is not None and bool(section.part or section.text)
+
+
+def _reads_header(attr: FetchAttr) -> bool:
+    """Whether the item is cut from the top-level header block alone."""
+    if attr.name == "RFC822.HEADER":
+        return True
+    return attr.name == "BODY" and attr.section is not None and _header_only(attr.section)
+
+
+def _reads_content(attr: FetchAttr) -> bool:
+    """Whether the item is cut from the raw message (the blob)."""
+    if attr.name in ("RFC822", "RFC822.TEXT", "BINARY", "BINARY.SIZE"):
+        return True
+    return attr.name == "BODY" and attr.section is not None and not _header_only(attr.section)
 
 
 def _header_only(section: Section) -> bool:
