@@ -1186,9 +1186,7 @@ class Session:
                 continue
             header = await self.store.read_header(info) if reads_header else None
             raw = await self.store.read_message(info) if reads_content else None
-            self.send(
-                self._fetch_response(seq, info, attributes, uid in newly_seen, header, raw)
-            )
+            self.send(self._fetch_response(seq, info, attributes, uid in newly_seen, header, raw))
             if len(self.out) >= WRITE_HIGH_WATER:
                 await self.flush()
         await self._updates("UID FETCH" if cmd.uid else "FETCH")

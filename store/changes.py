@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.engine import Connection
 
-from store.database import WriteConnection
 from store.model import FlagChange, FolderChanges
 
 log = logging.getLogger(__name__)
@@ -34,12 +34,14 @@ CHANNEL = "colombe_changes"
 ALL_FOLDERS = -1  # published after a reconnect: every watcher must re-check
 
 
-async def notify_other_processes(conn: WriteConnection, folder_id: int, modseq: int) -> None:
-    """NOTIFY inside the writing transaction (PostgreSQL delivers it at commit, never before)."""
-    await conn.execute(
-        text("SELECT pg_notify(:channel, :payload)"),
-        {"channel": CHANNEL, "payload": f"{folder_id}:{modseq}"},
-    )
+def notify_other_processes(conn: Connection, folder_id: int, modseq: int) -> None:
+    """NOTIFY inside the writing transaction (PostgreSQL delivers it at commit, never before);
+    nothing to do on SQLite, whose one process publishes after the commit."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": CHANNEL, "payload": f"{folder_id}:{modseq}"},
+        )
 
 
 class FolderWatch:

@@ -284,10 +284,7 @@ class HopWriteEngine:
         self._lock = asyncio.Lock()
         self.lock_timeout = lock_timeout
 
-    @contextlib.asynccontextmanager
-    async def begin(self, *, durable: bool = True) -> AsyncIterator[HopTransaction]:
-        """A write transaction. ``durable=False``: its commit is not synced to disk (WAL with
-        ``synchronous=NORMAL``): a process crash loses nothing, a power cut may lose it."""
+    async def _acquire(self) -> None:
         try:
             async with asyncio.timeout(self.lock_timeout):
                 await self._lock.acquire()
@@ -295,6 +292,12 @@ class HopWriteEngine:
             raise SQLAlchemyTimeout(
                 f"the SQLite writer stayed busy for {self.lock_timeout:g} s"
             ) from None
+
+    @contextlib.asynccontextmanager
+    async def begin(self, *, durable: bool = True) -> AsyncIterator[HopTransaction]:
+        """A write transaction. ``durable=False``: its commit is not synced to disk (WAL with
+        ``synchronous=NORMAL``): a process crash loses nothing, a power cut may lose it."""
+        await self._acquire()
         try:
             tx = HopTransaction(self.engine, self.executor, durable=durable)
             opened = asyncio.get_running_loop().run_in_executor(self.executor, tx._open)
@@ -306,6 +309,27 @@ class HopWriteEngine:
                 self.executor.submit(tx._close, False)
                 raise
             await tx._hop(tx._close, True)
+        finally:
+            self._lock.release()
+
+    async def transaction(self, fn: Callable[..., T], *args: Any, durable: bool = True) -> T:
+        """``fn(connection, *args)`` in a transaction of its own, BEGIN to COMMIT in a single
+        hop to the writer thread (a flag change: one thread round trip instead of three)."""
+        tx = HopTransaction(self.engine, self.executor, durable=durable)
+
+        def run() -> T:
+            tx._open()
+            try:
+                result = fn(tx._connection(), *args)
+            except BaseException:
+                tx._close(False)
+                raise
+            tx._close(True)
+            return result
+
+        await self._acquire()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, run)
         finally:
             self._lock.release()
 
@@ -397,6 +421,15 @@ class Database:
             if not durable:
                 await pg.execute(text("SET LOCAL synchronous_commit = off"))
             yield pg
+
+    async def transaction(self, fn: Callable[..., T], *args: Any, durable: bool = True) -> T:
+        """``fn(connection, *args)`` whole in one write transaction (see :meth:`write`); on
+        SQLite in a single thread hop. ``fn`` is synchronous: it runs in the writer thread
+        (SQLite) or through SQLAlchemy's greenlet bridge (PostgreSQL)."""
+        if isinstance(self.writer, HopWriteEngine):
+            return await self.writer.transaction(fn, *args, durable=durable)
+        async with self.write(durable=durable) as conn:
+            return await conn.run_sync(fn, *args)
 
     async def dispose(self) -> None:
         if isinstance(self.writer, HopWriteEngine):

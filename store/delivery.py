@@ -126,11 +126,7 @@ class GroupCommitter:
                         item.future.set_exception(single_exc)
 
     async def _commit(self, batch: list[_Pending]) -> None:
-        async with self._db.writer.begin() as conn:
-            results, vanished, written = await conn.run_sync(_insert_batch, batch)
-            if self._db.is_postgresql:
-                for folder_id, record in written:
-                    await notify_other_processes(conn, folder_id, record.last)
+        results, vanished, written = await self._db.transaction(_insert_batch, batch)
         self.batches += 1
         self.committed += len(results)
         for item, result in results:
@@ -192,4 +188,6 @@ def _insert_batch(
         written.append((folder_id, Written(first_modseq, allocated.highest_modseq, new)))
     if rows:
         conn.execute(insert(messages), rows)
+    for folder_id, record in written:
+        notify_other_processes(conn, folder_id, record.last)
     return results, vanished, written

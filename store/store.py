@@ -410,6 +410,7 @@ def _set_flags(
         )
         changes.append(FlagChange(row.uid, modseq, _flag(flag_bits), tuple(keyword_list)))
     conn.execute(_SET_FLAGS, updates)
+    notify_other_processes(conn, folder_id, modseq)
     return changes
 
 
@@ -434,6 +435,7 @@ def _expunge(conn: Connection, folder_id: int, uids: Sequence[int] | None) -> tu
     conn.execute(
         insert(expunged), [{"folder_id": folder_id, "uid": u, "modseq": top} for u in found]
     )
+    notify_other_processes(conn, folder_id, top)
     return found, top
 
 
@@ -1241,25 +1243,26 @@ class Store(DirectoryStateStore, AddressBookStore):
         MODSEQ are left alone. Returns the messages actually changed.
         """
         wanted_keywords = _validate_keywords(keywords)
-        async with self.db.write(durable=False) as conn:
-            changes = await conn.run_sync(
-                _set_flags, folder_id, uids, flags, wanted_keywords, mode, unchanged_since
-            )
-            if not changes:
-                return []
+        changes = await self.db.transaction(
+            _set_flags,
+            folder_id,
+            uids,
+            flags,
+            wanted_keywords,
+            mode,
+            unchanged_since,
+            durable=False,
+        )
+        if changes:
             top = changes[-1].modseq
-            await self._notify(conn, folder_id, top)
-        self.changes.publish(folder_id, top, Written(changes[0].modseq, top, changes))
+            self.changes.publish(folder_id, top, Written(changes[0].modseq, top, changes))
         return changes
 
     async def expunge(self, folder_id: int, uids: Sequence[int] | None = None) -> list[int]:
         """Remove the messages flagged \\Deleted (only among ``uids`` if given: UID EXPUNGE)."""
-        async with self.db.write(durable=False) as conn:
-            found, top = await conn.run_sync(_expunge, folder_id, uids)
-            if not found:
-                return []
-            await self._notify(conn, folder_id, top)
-        self.changes.publish(folder_id, top, Written(top, top, vanished=found))
+        found, top = await self.db.transaction(_expunge, folder_id, uids, durable=False)
+        if found:
+            self.changes.publish(folder_id, top, Written(top, top, vanished=found))
         return found
 
     async def copy_messages(
@@ -1428,7 +1431,7 @@ class Store(DirectoryStateStore, AddressBookStore):
 
     async def _notify(self, conn: WriteConnection, folder_id: int, modseq: int) -> None:
         if self.db.is_postgresql:
-            await notify_other_processes(conn, folder_id, modseq)
+            await conn.run_sync(notify_other_processes, folder_id, modseq)
 
     # -- outbound queue ---------------------------------------------------------------------------
 

@@ -156,3 +156,19 @@ async def test_postgresql_a_non_durable_write_does_not_wait_for_the_wal_and_leak
             assert shown == expected, (durable, shown)
     finally:
         await store.close()
+
+
+async def test_a_one_hop_transaction_commits_all_or_nothing_and_frees_the_writer(
+    store: Store,
+) -> None:
+    def add(conn: Connection, names: list[str]) -> int:
+        for name in names:
+            conn.execute(insert(domains), _add(name))
+        return len(names)
+
+    assert await store.db.transaction(add, ["one.mssante.fr", "two.mssante.fr"]) == 2
+    with pytest.raises(Exception, match=r"(?i)unique"):
+        await store.db.transaction(add, ["three.mssante.fr", "one.mssante.fr"])
+    async with asyncio.timeout(10):
+        assert await store.db.transaction(add, ["four.mssante.fr"], durable=False) == 1
+    assert await _domain_names(store) == ["four.mssante.fr", "one.mssante.fr", "two.mssante.fr"]
