@@ -40,7 +40,7 @@ import enum
 import re
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -260,48 +260,92 @@ def search(criteria: SearchKey, candidates: Iterable[Candidate], scope: Scope) -
 
 def matches(criteria: SearchKey, c: Candidate, scope: Scope) -> bool:
     """Whether message ``c`` satisfies ``criteria`` (RFC 9051 §6.4.4)."""
+    return matcher(criteria, scope)(c)
+
+
+Test = Callable[[Candidate], bool]
+
+
+def matcher(criteria: SearchKey, scope: Scope) -> Test:
+    """The test of ``criteria`` (RFC 9051 §6.4.4), built once for a whole mailbox: the keys
+    are looked at here, not once per message."""
     if isinstance(criteria, SearchAnd):
-        return all(matches(key, c, scope) for key in criteria.keys)
+        tests = [matcher(key, scope) for key in criteria.keys]
+        if len(tests) == 1:
+            return tests[0]
+        return lambda c: all(test(c) for test in tests)
     if isinstance(criteria, SearchOr):
-        return matches(criteria.left, c, scope) or matches(criteria.right, c, scope)
+        left, right = matcher(criteria.left, scope), matcher(criteria.right, scope)
+        return lambda c: left(c) or right(c)
     if isinstance(criteria, SearchNot):
-        return not matches(criteria.key, c, scope)
+        negated = matcher(criteria.key, scope)
+        return lambda c: not negated(c)
     if isinstance(criteria, SearchFlagKey):
-        return _flag_key(criteria.name, c)
+        return _flag_test(criteria.name)
     if isinstance(criteria, SearchTextKey):
-        return _text_key(criteria.name, criteria.value, c)
+        return _text_test(criteria.name, criteria.value)
     if isinstance(criteria, SearchHeaderKey):
-        return _header_contains(c, criteria.field_name.lower(), criteria.value)
+        return _header_test(criteria.field_name.lower(), criteria.value)
     if isinstance(criteria, SearchDateKey):
-        return _date_key(criteria.name, criteria.date, c.info)
+        name, day = criteria.name, criteria.date
+        return lambda c: _date_key(name, day, c.info)
     if isinstance(criteria, SearchNumberKey):
-        return _number_key(criteria.name, criteria.value, c.info, scope.now)
+        name, value, now = criteria.name, criteria.value, scope.now
+        return lambda c: _number_key(name, value, c.info, now)
     if isinstance(criteria, SearchSeqKey):
         seqset = criteria.sequence
         if seqset.saved:
             # RFC 5182 §2.1: "$" holds UIDs whether it appears as a sequence set or after UID.
-            return c.uid in scope._saved_set
+            saved = scope._saved_set
+            return lambda c: c.uid in saved
         if criteria.uid:
-            return contains(seqset, c.uid, scope.uids[-1] if scope.uids else 0)
-        return contains(seqset, c.seq, scope.count)
+            last = scope.uids[-1] if scope.uids else 0
+            return lambda c: contains(seqset, c.uid, last)
+        count = scope.count
+        return lambda c: contains(seqset, c.seq, count)
     # SearchModSeqKey, RFC 7162 §3.1.5: the entry name and type only narrow which metadata
     # item counted; we keep one mod-sequence per message, which covers every entry.
-    return c.info.modseq >= criteria.modseq
+    modseq = criteria.modseq
+    return lambda c: c.info.modseq >= modseq
 
 
-def _flag_key(name: str, c: Candidate) -> bool:
-    flags = c.info.flags
+def _flag_test(name: str) -> Test:
     if name == "ALL":
-        return True
+        return lambda c: True
     if name == "NEW":  # RFC 9051 §6.4.4: "RECENT UNSEEN" (RFC 3501)
-        return c.recent and Flag.SEEN not in flags
+        return lambda c: c.recent and not int(c.info.flags) & Flag.SEEN.value
     if name == "OLD":
-        return not c.recent
+        return lambda c: not c.recent
     if name == "RECENT":
-        return c.recent
+        return lambda c: c.recent
     negate = name.startswith("UN")
-    flag = _SYSTEM_FLAGS[name[2:] if negate else name]
-    return (flag in flags) != negate
+    bit = _SYSTEM_FLAGS[name[2:] if negate else name].value
+    if negate:
+        return lambda c: not int(c.info.flags) & bit
+    return lambda c: bool(int(c.info.flags) & bit)
+
+
+def _text_test(name: str, value: str) -> Test:
+    if name == "KEYWORD":
+        return lambda c: _has_keyword(c.info, value)
+    if name == "UNKEYWORD":
+        return lambda c: not _has_keyword(c.info, value)
+    needle = _norm(value)
+    if name == "BODY":
+        return lambda c: needle in _body_text(c)
+    if name == "TEXT":
+        return lambda c: (
+            any(needle in f"{field}: {text}" for field, text in _fields(c))
+            or needle in _body_text(c)
+        )
+    return _header_test(name.lower(), value)
+
+
+def _header_test(field_name: str, value: str) -> Test:
+    """RFC 9051 §6.4.4 HEADER: any occurrence of the field containing ``value``; an empty
+    ``value`` matches every message having the field (the empty string is in every value)."""
+    needle = _norm(value)
+    return lambda c: any(name == field_name and needle in text for name, text in _fields(c))
 
 
 _SYSTEM_FLAGS = {
@@ -321,28 +365,6 @@ def _has_keyword(info: MessageInfo, keyword: str) -> bool:
         return system in info.flags
     folded = keyword.casefold()
     return any(k.casefold() == folded for k in info.keywords)
-
-
-def _text_key(name: str, value: str, c: Candidate) -> bool:
-    if name == "KEYWORD":
-        return _has_keyword(c.info, value)
-    if name == "UNKEYWORD":
-        return not _has_keyword(c.info, value)
-    if name == "BODY":
-        return _norm(value) in _body_text(c)
-    if name == "TEXT":
-        needle = _norm(value)
-        if any(needle in f"{field}: {text}" for field, text in _fields(c)):
-            return True
-        return needle in _body_text(c)
-    return _header_contains(c, name.lower(), value)
-
-
-def _header_contains(c: Candidate, field_name: str, value: str) -> bool:
-    """RFC 9051 §6.4.4 HEADER: any occurrence of the field containing ``value``; an empty
-    ``value`` matches every message having the field (the empty string is in every value)."""
-    needle = _norm(value)
-    return any(name == field_name and needle in text for name, text in _fields(c))
 
 
 def _date_key(name: str, day: date, info: MessageInfo) -> bool:

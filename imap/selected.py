@@ -66,6 +66,10 @@ class SelectedMailbox:
             return i + 1
         return None
 
+    def positions(self) -> dict[int, int]:
+        """UID -> sequence number, for a command that looks up many (SEARCH)."""
+        return {uid: seq for seq, uid in enumerate(self.uids, 1)}
+
     def resolve(self, seqset: SequenceSet, *, uid: bool) -> list[tuple[int, int]]:
         """(sequence number, UID) pairs a set names, in mailbox order."""
         if uid:

@@ -1061,7 +1061,11 @@ class Session:
         if search.uses_modseq(cmd.criteria):
             self.modes.condstore = True
         matched = await self._search_matches(cmd, need)
-        numbers = [uid if cmd.uid else selected.seq_of(uid) or 0 for uid, _ in matched]
+        if cmd.uid:
+            numbers = [uid for uid, _ in matched]
+        else:
+            positions = selected.positions()
+            numbers = [positions[uid] for uid, _ in matched]
         modseq = (
             max((m for _, m in matched), default=None) if search.uses_modseq(cmd.criteria) else None
         )
@@ -1089,7 +1093,8 @@ class Session:
         in_database = search.database_filter(cmd.criteria)
         if in_database is not None:
             found = await self.store.find_messages(selected.id, in_database)
-            return [(uid, modseq) for uid, modseq in found if selected.seq_of(uid) is not None]
+            positions = selected.positions()  # only what the client was told of
+            return [(uid, modseq) for uid, modseq in found if uid in positions]
         # Flags, dates and sizes need no MIME structure; header keys need the header block,
         # unless a search decoded it lately (a blob never changes).
         columns = None if need is search.Need.FULL else search.columns(cmd.criteria)
@@ -1113,8 +1118,10 @@ class Session:
             now=datetime.now(UTC),
         )
         matched: list[tuple[int, int]] = []
+        test = search.matcher(cmd.criteria, scope)
+        positions = selected.positions()
         for info in infos:
-            seq = selected.seq_of(info.uid)
+            seq = positions.get(info.uid)
             if seq is None:
                 continue
             candidate = search.Candidate(
@@ -1127,7 +1134,7 @@ class Session:
                 candidate.header = await self._header_block(with_header)
             elif need is search.Need.FULL:
                 candidate.raw = await self.store.read_message(info)
-            if search.matches(cmd.criteria, candidate, scope):
+            if test(candidate):
                 matched.append((info.uid, info.modseq))
         return matched
 
