@@ -293,13 +293,17 @@ _EXPUNGED_SINCE = (
 
 
 @functools.cache
-def _messages_query(names: tuple[str, ...] | None, by_uid: bool) -> Select[Any]:
+def _messages_query(
+    names: tuple[str, ...] | None, which: Literal["all", "some", "one"]
+) -> Select[Any]:
     """The SELECT of :meth:`Store.list_messages` for a column set, built once: building the
     expression anew cost more than running it for a single message (IMAP FETCH of one body)."""
     columns = list(messages.c) if names is None else [messages.c[n] for n in names]
     condition = messages.c.folder_id == bindparam("folder_id")
-    if by_uid:
+    if which == "some":
         condition = condition & messages.c.uid.in_(bindparam("uids", expanding=True))
+    elif which == "one":
+        condition = condition & (messages.c.uid == bindparam("uid"))
     return select(*columns).where(condition).order_by(messages.c.uid)
 
 
@@ -1123,7 +1127,13 @@ class Store(DirectoryStateStore, AddressBookStore):
         async with self.db.fast_reader.connect() as conn:
             if uids is None:
                 rows = (
-                    await conn.execute(_messages_query(names, False), {"folder_id": folder_id})
+                    await conn.execute(_messages_query(names, "all"), {"folder_id": folder_id})
+                ).all()
+            elif len(uids) == 1:
+                rows = (
+                    await conn.execute(
+                        _messages_query(names, "one"), {"folder_id": folder_id, "uid": uids[0]}
+                    )
                 ).all()
             else:
                 rows = []
@@ -1131,7 +1141,7 @@ class Store(DirectoryStateStore, AddressBookStore):
                     rows.extend(
                         (
                             await conn.execute(
-                                _messages_query(names, True),
+                                _messages_query(names, "some"),
                                 {"folder_id": folder_id, "uids": chunk},
                             )
                         ).all()
