@@ -124,6 +124,7 @@ class ChangeFeed:
             if len(record) > RECORDED_PER_FOLDER:
                 record.popitem(last=False)
         if folder_id == ALL_FOLDERS:
+            self._written.clear()  # notifications were missed: trust the database alone
             for watchers in self._watches.values():
                 for w in watchers:
                     w.resync = True
@@ -131,6 +132,13 @@ class ChangeFeed:
             return
         for w in self._watches.get(folder_id, ()):
             w._notify(modseq)
+
+    def forget(self, folder_id: int) -> None:
+        """The folder was deleted: drop its record and send its watchers to the database."""
+        self._written.pop(folder_id, None)
+        for w in self._watches.get(folder_id, ()):
+            w.resync = True
+            w._notify(w.modseq)
 
     def changes_known(self, folder_id: int, modseq: int, covering: int) -> FolderChanges | None:
         """The changes after ``modseq`` up to at least ``covering``, if every MODSEQ between

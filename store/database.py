@@ -185,33 +185,21 @@ class HopEngine:
         self.engine.dispose()
 
 
-def _pragma(conn: Connection, statement: str) -> None:
-    driver = conn.connection.driver_connection
-    assert driver is not None
-    driver.execute(statement)
-
-
 class HopTransaction:
     """One transaction of :class:`HopWriteEngine`: each statement, or each whole function given
     to :meth:`run_sync`, runs in the writer thread on the one write connection."""
 
-    def __init__(self, engine: Engine, executor: ThreadPoolExecutor, *, durable: bool) -> None:
+    def __init__(self, engine: Engine, executor: ThreadPoolExecutor) -> None:
         self._engine = engine
         self._executor = executor
-        self._durable = durable
         self._conn: Connection | None = None
 
     def _open(self) -> None:
         conn = self._engine.connect()
         try:
-            if not self._durable:
-                # On the driver's connection: outside any transaction, as SQLite wants it.
-                # _close puts FULL back.
-                _pragma(conn, "PRAGMA synchronous=NORMAL")
             conn.begin()  # BEGIN IMMEDIATE (the engine's "begin" listener)
         except BaseException:
-            self._conn = conn
-            self._close(False)
+            conn.close()
             raise
         self._conn = conn
 
@@ -225,16 +213,7 @@ class HopTransaction:
             else:
                 conn.rollback()
         finally:
-            try:
-                if not self._durable:
-                    _pragma(conn, "PRAGMA synchronous=FULL")
-            except BaseException:
-                # Never hand on a connection that might still skip the fsync: a new one
-                # starts with FULL (_sqlite_on_connect).
-                conn.invalidate()
-                raise
-            finally:
-                conn.close()
+            conn.close()
 
     @property
     def dialect(self) -> Dialect:
@@ -294,28 +273,29 @@ class HopWriteEngine:
             ) from None
 
     @contextlib.asynccontextmanager
-    async def begin(self, *, durable: bool = True) -> AsyncIterator[HopTransaction]:
-        """A write transaction. ``durable=False``: its commit is not synced to disk (WAL with
-        ``synchronous=NORMAL``): a process crash loses nothing, a power cut may lose it."""
+    async def begin(self) -> AsyncIterator[HopTransaction]:
+        """A write transaction whose statements hop to the writer thread one by one."""
         await self._acquire()
         try:
-            tx = HopTransaction(self.engine, self.executor, durable=durable)
+            tx = HopTransaction(self.engine, self.executor)
             opened = asyncio.get_running_loop().run_in_executor(self.executor, tx._open)
             try:
                 await opened
                 yield tx
+                await tx._hop(tx._close, True)
             except BaseException:
-                # Queued behind whatever this transaction left running: never skipped.
+                # Queued behind whatever this transaction left running, so never skipped,
+                # even when the commit's own hop was cancelled before the thread took it
+                # (after a commit it finds nothing to roll back).
                 self.executor.submit(tx._close, False)
                 raise
-            await tx._hop(tx._close, True)
         finally:
             self._lock.release()
 
-    async def transaction(self, fn: Callable[..., T], *args: Any, durable: bool = True) -> T:
+    async def transaction(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(connection, *args)`` in a transaction of its own, BEGIN to COMMIT in a single
         hop to the writer thread (a flag change: one thread round trip instead of three)."""
-        tx = HopTransaction(self.engine, self.executor, durable=durable)
+        tx = HopTransaction(self.engine, self.executor)
 
         def run() -> T:
             tx._open()
@@ -406,29 +386,13 @@ class Database:
         )
         return cls(url=url, dialect="postgresql", writer=engine, reader=engine, fast_reader=engine)
 
-    @contextlib.asynccontextmanager
-    async def write(self, *, durable: bool = True) -> AsyncIterator[WriteConnection]:
-        """A write transaction on either engine. ``durable=False`` for changes a power cut may
-        take back without harm, as Dovecot's ``mail_fsync = optimized`` does for flags and
-        expunges: the commit returns without waiting for the disk (SQLite WAL with
-        ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit = off``); a crash of the
-        process or of the database server loses nothing committed either way."""
+    async def transaction(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(connection, *args)`` whole in one write transaction; on SQLite in a single
+        thread hop. ``fn`` is synchronous: it runs in the writer thread (SQLite) or through
+        SQLAlchemy's greenlet bridge (PostgreSQL)."""
         if isinstance(self.writer, HopWriteEngine):
-            async with self.writer.begin(durable=durable) as conn:
-                yield conn
-            return
-        async with self.writer.begin() as pg:
-            if not durable:
-                await pg.execute(text("SET LOCAL synchronous_commit = off"))
-            yield pg
-
-    async def transaction(self, fn: Callable[..., T], *args: Any, durable: bool = True) -> T:
-        """``fn(connection, *args)`` whole in one write transaction (see :meth:`write`); on
-        SQLite in a single thread hop. ``fn`` is synchronous: it runs in the writer thread
-        (SQLite) or through SQLAlchemy's greenlet bridge (PostgreSQL)."""
-        if isinstance(self.writer, HopWriteEngine):
-            return await self.writer.transaction(fn, *args, durable=durable)
-        async with self.write(durable=durable) as conn:
+            return await self.writer.transaction(fn, *args)
+        async with self.writer.begin() as conn:
             return await conn.run_sync(fn, *args)
 
     async def dispose(self) -> None:

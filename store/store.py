@@ -1020,6 +1020,9 @@ class Store(DirectoryStateStore, AddressBookStore):
             await conn.execute(delete(messages).where(messages.c.folder_id == folder.id))
             await conn.execute(delete(expunged).where(expunged.c.folder_id == folder.id))
             await conn.execute(delete(folders).where(folders.c.id == folder.id))
+        # SQLite may give the id to the next folder created: nothing recorded of this one may
+        # answer for it, and its watchers must look again (their folder is gone).
+        self.changes.forget(folder.id)
 
     # -- delivery ---------------------------------------------------------------------------------
 
@@ -1253,15 +1256,23 @@ class Store(DirectoryStateStore, AddressBookStore):
         MODSEQ are left alone. Returns the messages actually changed.
         """
         wanted_keywords = _validate_keywords(keywords)
+        # Shielded: a client that hangs up mid-STORE does not stop the change from being
+        # published once committed (the IDLE sessions of the mailbox must hear of it).
+        return await asyncio.shield(
+            self._change_flags(folder_id, uids, flags, wanted_keywords, mode, unchanged_since)
+        )
+
+    async def _change_flags(
+        self,
+        folder_id: int,
+        uids: Sequence[int],
+        flags: Flag,
+        keywords: tuple[str, ...],
+        mode: Literal["replace", "add", "remove"],
+        unchanged_since: int | None,
+    ) -> list[FlagChange]:
         changes = await self.db.transaction(
-            _set_flags,
-            folder_id,
-            uids,
-            flags,
-            wanted_keywords,
-            mode,
-            unchanged_since,
-            durable=False,
+            _set_flags, folder_id, uids, flags, keywords, mode, unchanged_since
         )
         if changes:
             top = changes[-1].modseq
@@ -1270,7 +1281,10 @@ class Store(DirectoryStateStore, AddressBookStore):
 
     async def expunge(self, folder_id: int, uids: Sequence[int] | None = None) -> list[int]:
         """Remove the messages flagged \\Deleted (only among ``uids`` if given: UID EXPUNGE)."""
-        found, top = await self.db.transaction(_expunge, folder_id, uids, durable=False)
+        return await asyncio.shield(self._remove_deleted(folder_id, uids))
+
+    async def _remove_deleted(self, folder_id: int, uids: Sequence[int] | None) -> list[int]:
+        found, top = await self.db.transaction(_expunge, folder_id, uids)
         if found:
             self.changes.publish(folder_id, top, Written(top, top, vanished=found))
         return found

@@ -93,3 +93,32 @@ async def test_an_unwatched_folder_records_nothing(store: Store, doctor: str) ->
         assert store.changes.changes_known(inbox.id, before + 1, before + 2) is not None
     # The last watcher gone, the record goes too.
     assert store.changes.changes_known(inbox.id, before + 1, before + 2) is None
+
+
+async def test_a_deleted_folder_leaves_no_record_to_answer_for_its_id(
+    store: Store, doctor: str
+) -> None:
+    """SQLite gives a deleted folder's id to the next folder created: what was recorded of
+    the old one must not answer for the new one, and its watchers are sent to look again."""
+    inbox = (await store.get_folder(doctor, "INBOX")).id
+    for i in range(2):
+        await store.deliver(doctor, simple_message(i))
+    old = await store.create_folder(doctor, "Ancien")
+    start = old.highest_modseq
+    async with store.changes.watch(old.id) as watch:
+        await store.copy_messages(inbox, [1], old.id)  # start + 1
+        await store.set_flags(old.id, [1], flags=Flag.SEEN, mode="add")  # start + 2
+        assert store.changes.changes_known(old.id, start + 1, start + 2) is not None
+        watch.take()
+        await store.delete_folder(doctor, "Ancien")
+        assert watch.take()
+        assert watch.resync
+        assert store.changes.changes_known(old.id, start + 1, start + 2) is None
+        new = await store.create_folder(doctor, "Nouveau")
+        assert new.highest_modseq == start
+        # Both copies in one transaction (start + 1 and + 2): with the same id, a stale
+        # record of the old folder at start + 2 would answer for the second.
+        await store.copy_messages(inbox, [1, 2], new.id)
+        answer = await store.changes_since(new.id, start + 1, covering=start + 2)
+        assert answer == await _from_database(store, new.id, start + 1)
+        assert [c.uid for c in answer.changed] == [2]

@@ -4,11 +4,12 @@ held (SQLite runs them on one connection in a thread of its own: HopWriteEngine)
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select, text
+from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 
@@ -122,38 +123,36 @@ async def test_sqlite_writer_busy_too_long_gives_a_timeout_not_a_hang(tmp_path: 
         await store.close()
 
 
-async def test_sqlite_a_non_durable_write_leaves_the_next_one_durable(tmp_path: Path) -> None:
-    """Flag changes commit without fsync (``synchronous=NORMAL``); a delivery that follows
-    on the same connection is synced again (FULL = 2)."""
+async def test_sqlite_a_commit_cancelled_before_it_ran_is_rolled_back_and_frees_the_writer(
+    tmp_path: Path,
+) -> None:
+    """The commit's hop cancelled while it waited its turn in the writer thread: the
+    transaction is rolled back, never left holding SQLite's one write connection."""
     store = await Store.open(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "blobs")
     try:
-        for i, (durable, expected) in enumerate(((False, 1), (True, 2), (False, 1), (True, 2))):
-            async with store.db.write(durable=durable) as conn:
-                level = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
-                await conn.execute(insert(domains), _add(f"d{i}.mssante.fr"))
-            assert level == expected, (durable, level)
+        writer = store.db.writer
+        assert isinstance(writer, HopWriteEngine)
+        blocker = threading.Event()
+        body_done = asyncio.Event()
 
-        async def abandoned() -> None:
-            async with store.db.write(durable=False):
-                raise RuntimeError("abandoned")
+        async def transaction() -> None:
+            async with writer.begin() as conn:
+                await conn.execute(insert(domains), _add("never.mssante.fr"))
+                # Whatever comes next (the commit) waits behind this job.
+                writer.executor.submit(blocker.wait, 10)
+                body_done.set()
 
-        with pytest.raises(RuntimeError):
-            await abandoned()
-        async with store.db.write() as conn:
-            assert (await conn.exec_driver_sql("PRAGMA synchronous")).scalar() == 2
-    finally:
-        await store.close()
-
-
-async def test_postgresql_a_non_durable_write_does_not_wait_for_the_wal_and_leaks_nothing(
-    pg_url: str, tmp_path: Path
-) -> None:
-    store = await Store.open(pg_url, tmp_path / "blobs")
-    try:
-        for durable, expected in ((False, "off"), (True, "on"), (False, "off"), (True, "on")):
-            async with store.db.write(durable=durable) as conn:
-                shown = (await conn.execute(text("SHOW synchronous_commit"))).scalar()
-            assert shown == expected, (durable, shown)
+        task = asyncio.create_task(transaction())
+        await body_done.wait()
+        await asyncio.sleep(0.05)  # the task now waits for its commit
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        blocker.set()
+        async with asyncio.timeout(5):
+            async with writer.begin() as conn:
+                await conn.execute(insert(domains), _add("next.mssante.fr"))
+        assert await _domain_names(store) == ["next.mssante.fr"]
     finally:
         await store.close()
 
@@ -170,5 +169,5 @@ async def test_a_one_hop_transaction_commits_all_or_nothing_and_frees_the_writer
     with pytest.raises(Exception, match=r"(?i)unique"):
         await store.db.transaction(add, ["three.mssante.fr", "one.mssante.fr"])
     async with asyncio.timeout(10):
-        assert await store.db.transaction(add, ["four.mssante.fr"], durable=False) == 1
+        assert await store.db.transaction(add, ["four.mssante.fr"]) == 1
     assert await _domain_names(store) == ["four.mssante.fr", "one.mssante.fr", "two.mssante.fr"]
