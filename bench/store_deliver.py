@@ -218,8 +218,9 @@ async def main() -> None:
         "",
         "Reading the figures: one writer pays, in sequence, the blob's two fsyncs (file, then "
         "directory entry), the metadata parse and one database commit (fsync). With 32 writers "
-        "the group commit shares each database commit among 10-16 deliveries; the limit is then "
-        "Python CPU on the event loop (parse, SQLAlchemy, aiosqlite thread hops), not the disk. "
+        "the group commit shares each database commit among several deliveries (a batch runs "
+        "BEGIN to COMMIT in one hop to SQLite's writer thread); the limit is then Python CPU "
+        "(parse, SQLAlchemy, thread hops), not the disk. "
         "The machine's disk is shared: fsync latency was seen between 0.14 and 0.53 ms during "
         "the same session, which moves the 1-writer figures by up to 2x.",
         "",
