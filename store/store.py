@@ -1256,38 +1256,30 @@ class Store(DirectoryStateStore, AddressBookStore):
         MODSEQ are left alone. Returns the messages actually changed.
         """
         wanted_keywords = _validate_keywords(keywords)
+
+        async def change() -> list[FlagChange]:
+            changes = await self.db.transaction(
+                _set_flags, folder_id, uids, flags, wanted_keywords, mode, unchanged_since
+            )
+            if changes:
+                top = changes[-1].modseq
+                self.changes.publish(folder_id, top, Written(changes[0].modseq, top, changes))
+            return changes
+
         # Shielded: a client that hangs up mid-STORE does not stop the change from being
         # published once committed (the IDLE sessions of the mailbox must hear of it).
-        return await asyncio.shield(
-            self._change_flags(folder_id, uids, flags, wanted_keywords, mode, unchanged_since)
-        )
-
-    async def _change_flags(
-        self,
-        folder_id: int,
-        uids: Sequence[int],
-        flags: Flag,
-        keywords: tuple[str, ...],
-        mode: Literal["replace", "add", "remove"],
-        unchanged_since: int | None,
-    ) -> list[FlagChange]:
-        changes = await self.db.transaction(
-            _set_flags, folder_id, uids, flags, keywords, mode, unchanged_since
-        )
-        if changes:
-            top = changes[-1].modseq
-            self.changes.publish(folder_id, top, Written(changes[0].modseq, top, changes))
-        return changes
+        return await asyncio.shield(change())
 
     async def expunge(self, folder_id: int, uids: Sequence[int] | None = None) -> list[int]:
         """Remove the messages flagged \\Deleted (only among ``uids`` if given: UID EXPUNGE)."""
-        return await asyncio.shield(self._remove_deleted(folder_id, uids))
 
-    async def _remove_deleted(self, folder_id: int, uids: Sequence[int] | None) -> list[int]:
-        found, top = await self.db.transaction(_expunge, folder_id, uids)
-        if found:
-            self.changes.publish(folder_id, top, Written(top, top, vanished=found))
-        return found
+        async def remove() -> list[int]:
+            found, top = await self.db.transaction(_expunge, folder_id, uids)
+            if found:
+                self.changes.publish(folder_id, top, Written(top, top, vanished=found))
+            return found
+
+        return await asyncio.shield(remove())
 
     async def copy_messages(
         self, source_id: int, uids: Sequence[int], target_id: int, *, move: bool = False
