@@ -1,10 +1,13 @@
 """Engines for the two supported databases, and schema migration.
 
 SQLite (the embedded default) runs in WAL mode with ``synchronous=FULL``: a commit that returned is
-on disk. It has one writer at a time, so the store keeps a single-connection write engine whose
-transactions start with ``BEGIN IMMEDIATE`` (no deadlock on lock upgrade, fair queueing between
-processes through ``busy_timeout``) and a separate read engine whose transactions never block writers.
-PostgreSQL uses one pooled engine for both.
+on disk. It has one writer at a time, so the store keeps one write connection, used by a thread of
+its own (:class:`HopWriteEngine`), whose transactions start with ``BEGIN IMMEDIATE`` (no deadlock on
+lock upgrade, fair queueing between processes through ``busy_timeout``), and read connections whose
+transactions never block writers: the hot reads run each statement whole in a thread
+(:class:`HopEngine`), the others through aiosqlite. PostgreSQL uses one pooled asyncpg engine for
+everything. Either way callers see the same API: ``writer.begin()`` blocks of statements, or
+``Database.transaction(fn)`` for a synchronous function run whole in one transaction.
 """
 
 from __future__ import annotations
