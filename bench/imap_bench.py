@@ -364,26 +364,21 @@ async def serve_colombe(cfg: dict[str, Any]) -> None:
         max_connections_per_ip=20_000,
         max_connections_per_user=cfg["per_user"],
     )
+
+    def listener(check: Any, **shared: Any) -> ImapServer:
+        return ImapServer(
+            store,
+            tls_context=ctx,
+            limits=limits,
+            mechanisms={"PLAIN": Plain(check)},
+            password_check=check,
+            implicit_tls=True,
+            **shared,
+        )
+
     check = password_check(store)
-    cached = caching_check(check)
-    real = ImapServer(
-        store,
-        tls_context=ctx,
-        limits=limits,
-        mechanisms={"PLAIN": Plain(check)},
-        password_check=check,
-        implicit_tls=True,
-    )
-    fast = ImapServer(
-        store,
-        tls_context=ctx,
-        limits=limits,
-        mechanisms={"PLAIN": Plain(cached)},
-        password_check=cached,
-        implicit_tls=True,
-        budget=real.budget,
-        throttle=real.throttle,
-    )
+    real = listener(check)
+    fast = listener(caching_check(check), budget=real.budget, throttle=real.throttle)
     await real.start("127.0.0.1", cfg["port"])
     await fast.start("127.0.0.1", cfg["port_cached"])
     stop = asyncio.Event()

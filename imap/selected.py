@@ -98,10 +98,6 @@ class SelectedMailbox:
         if self.watch.resync:
             self.watch.resync = False
             covering = FRESH
-        elif self._only_own_changes():
-            self.known_modseq = max(self.reported.values())
-            self.reported.clear()
-            return b""
         changes = await self.store.changes_since(self.id, self.known_modseq, covering=covering)
         self.known_modseq = max(self.known_modseq, changes.highest_modseq)
         out = bytearray()
@@ -129,19 +125,6 @@ class SelectedMailbox:
             )
         self.reported.clear()
         return bytes(out)
-
-    def _only_own_changes(self) -> bool:
-        """Whether the one change notified since the last poll is this session's own STORE:
-        a store operation takes consecutive MODSEQs, so if they follow the last one known and
-        nothing higher was notified, nothing else happened (no query needed)."""
-        if not self.reported or self.pending_expunge:
-            return False
-        modseqs = sorted(self.reported.values())
-        return (
-            modseqs[0] == self.known_modseq + 1
-            and modseqs[-1] - modseqs[0] + 1 == len(modseqs)
-            and self.watch.modseq <= modseqs[-1]
-        )
 
     def expunge_responses(self, uids: Sequence[int], modes: Modes) -> bytes:
         """EXPUNGE (or, with QRESYNC, VANISHED: RFC 7162 §3.2.10) for UIDs leaving the view."""

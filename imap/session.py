@@ -1060,12 +1060,9 @@ class Session:
         need = search.needs(cmd.criteria)
         if search.uses_modseq(cmd.criteria):
             self.modes.condstore = True
-        matched = await self._search_matches(cmd, need)
-        if cmd.uid:
-            numbers = [uid for uid, _ in matched]
-        else:
-            positions = selected.positions()
-            numbers = [positions[uid] for uid, _ in matched]
+        positions = selected.positions()
+        matched = await self._search_matches(cmd, need, positions)
+        numbers = [uid if cmd.uid else positions[uid] for uid, _ in matched]
         modseq = (
             max((m for _, m in matched), default=None) if search.uses_modseq(cmd.criteria) else None
         )
@@ -1085,15 +1082,17 @@ class Session:
         await self._updates("UID SEARCH" if cmd.uid else "SEARCH")
         self.tagged(cmd.tag, "OK", "SEARCH completed")
 
-    async def _search_matches(self, cmd: Search, need: search.Need) -> list[tuple[int, int]]:
+    async def _search_matches(
+        self, cmd: Search, need: search.Need, positions: dict[int, int]
+    ) -> list[tuple[int, int]]:
         """``(UID, MODSEQ)`` of the messages matching, in mailbox order: by the database when
-        the criteria allow, else message by message."""
+        the criteria allow, else message by message. ``positions``: the selected mailbox's
+        UID -> sequence number, as the client knows it."""
         selected = self.selected
         assert selected is not None
         in_database = search.database_filter(cmd.criteria)
         if in_database is not None:
             found = await self.store.find_messages(selected.id, in_database)
-            positions = selected.positions()  # only what the client was told of
             return [(uid, modseq) for uid, modseq in found if uid in positions]
         # Flags, dates and sizes need no MIME structure; header keys need the header block,
         # unless a search decoded it lately (a blob never changes).
@@ -1119,7 +1118,6 @@ class Session:
         )
         matched: list[tuple[int, int]] = []
         test = search.matcher(cmd.criteria, scope)
-        positions = selected.positions()
         for info in infos:
             seq = positions.get(info.uid)
             if seq is None:

@@ -55,7 +55,8 @@ class FolderWatch:
         self.resync = False
         self._event = asyncio.Event()
 
-    def _notify(self, modseq: int) -> None:
+    def _notify(self, modseq: int, *, resync: bool = False) -> None:
+        self.resync = self.resync or resync
         self.modseq = max(self.modseq, modseq)
         self._event.set()
 
@@ -127,8 +128,7 @@ class ChangeFeed:
             self._written.clear()  # notifications were missed: trust the database alone
             for watchers in self._watches.values():
                 for w in watchers:
-                    w.resync = True
-                    w._notify(modseq)
+                    w._notify(modseq, resync=True)
             return
         for w in self._watches.get(folder_id, ()):
             w._notify(modseq)
@@ -137,8 +137,7 @@ class ChangeFeed:
         """The folder was deleted: drop its record and send its watchers to the database."""
         self._written.pop(folder_id, None)
         for w in self._watches.get(folder_id, ()):
-            w.resync = True
-            w._notify(w.modseq)
+            w._notify(w.modseq, resync=True)
 
     def changes_known(self, folder_id: int, modseq: int, covering: int) -> FolderChanges | None:
         """The changes after ``modseq`` up to at least ``covering``, if every MODSEQ between

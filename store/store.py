@@ -206,27 +206,6 @@ def _folder(row: Row[Any]) -> Folder:
     )
 
 
-def _message(row: Row[Any]) -> MessageInfo:
-    return MessageInfo(
-        folder_id=row.folder_id,
-        uid=row.uid,
-        modseq=row.modseq,
-        internal_date=row.internal_date,
-        size=row.size,
-        blob=row.blob,
-        flags=_flag(row.flags),
-        keywords=tuple(row.keywords),
-        envelope=row.envelope,
-        body=row.body,
-        header=bytes(row.header),
-        subject=row.subject,
-        message_id=row.message_id,
-        sent_date=row.sent_date,
-        from_addr=row.from_addr,
-        problems=tuple(row.problems or ()),
-    )
-
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EMPTY: dict[str, Any] = {
     "modseq": 0,
@@ -261,6 +240,10 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+# The message columns a MessageInfo holds (all but the row id), in table order.
+_MESSAGE_FIELDS = tuple(c.name for c in messages.c if c.name in MessageInfo.__dataclass_fields__)
+
+
 @functools.cache
 def _message_reader(names: tuple[str, ...]) -> Callable[[Row[Any]], MessageInfo]:
     """Builds :class:`MessageInfo` from rows of the columns ``names``, in that order; the
@@ -293,12 +276,10 @@ _EXPUNGED_SINCE = (
 
 
 @functools.cache
-def _messages_query(
-    names: tuple[str, ...] | None, which: Literal["all", "some", "one"]
-) -> Select[Any]:
+def _messages_query(names: tuple[str, ...], which: Literal["all", "some", "one"]) -> Select[Any]:
     """The SELECT of :meth:`Store.list_messages` for a column set, built once: building the
     expression anew cost more than running it for a single message (IMAP FETCH of one body)."""
-    columns = list(messages.c) if names is None else [messages.c[n] for n in names]
+    columns = [messages.c[n] for n in names]
     condition = messages.c.folder_id == bindparam("folder_id")
     if which == "some":
         condition = condition & messages.c.uid.in_(bindparam("uids", expanding=True))
@@ -1120,13 +1101,13 @@ class Store(DirectoryStateStore, AddressBookStore):
         need none of it.
         """
         if columns is None:
-            names = None
+            names = _MESSAGE_FIELDS
         else:
             wanted = {"folder_id", "uid", "blob", *columns}
-            unknown = wanted - set(messages.c.keys())
+            unknown = wanted.difference(_MESSAGE_FIELDS)
             if unknown:
                 raise InvalidInput(f"unknown message columns: {sorted(unknown)}")
-            names = tuple(c.name for c in messages.c if c.name in wanted)
+            names = tuple(name for name in _MESSAGE_FIELDS if name in wanted)
         async with self.db.fast_reader.connect() as conn:
             if uids is None:
                 rows = (
@@ -1149,8 +1130,6 @@ class Store(DirectoryStateStore, AddressBookStore):
                             )
                         ).all()
                     )
-        if names is None:
-            return [_message(r) for r in rows]
         read = _message_reader(names)
         return [read(r) for r in rows]
 
