@@ -20,7 +20,7 @@ import secrets
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -70,6 +70,7 @@ from imap.parser import CommandParser
 from imap.selected import Modes, SelectedMailbox
 from imap.server import AuthUnavailable
 from store.errors import BalNotFound, FolderExists, FolderNotFound, InvalidInput, StoreError
+from store.index import INDEXED_FIELDS
 from store.model import Flag, MessageInfo
 from store.store import HEADER_ROW_LIMIT
 
@@ -609,9 +610,18 @@ class Session:
         # The watch is in place before the mailbox is read, and the folder's HIGHESTMODSEQ is
         # read before its UIDs: a change committed in between is both in the UID list and
         # after the known MODSEQ, so the next poll reports it (at worst twice), never loses it.
-        totals = await self.store.folder_totals(folder.id)
-        folder = totals.folder
-        uids = await self.store.uids(folder.id)
+        first: int | None = None
+        folder = await self.store.folder(folder.id)
+        indexed = await self.store.indexed_messages(folder.id, folder.highest_modseq)
+        if indexed is not None:
+            uids = list(indexed)
+            first = next((u for u, i in indexed.items() if Flag.SEEN not in i.flags), None)
+        else:
+            totals = await self.store.folder_totals(folder.id)
+            folder = totals.folder
+            uids = await self.store.uids(folder.id)
+            if totals.unseen:
+                first = await self.store.first_unseen_uid(folder.id)
         uid_next = max(folder.uid_next, uids[-1] + 1 if uids else 1)
         self.selected = SelectedMailbox(
             self.store, target, folder, read_only, watch, uids, folder.highest_modseq
@@ -623,7 +633,6 @@ class Session:
         if not self.modes.rev2:
             out += b"* 0 RECENT\r\n"
             # RFC 3501 §6.3.1 (gone from IMAP4rev2): the first unseen message, as Dovecot does.
-            first = await self.store.first_unseen_uid(folder.id) if totals.unseen else None
             seq = self.selected.seq_of(first) if first is not None else None
             if seq is not None:
                 out += b"* OK [UNSEEN %d] First unseen\r\n" % seq
@@ -1090,14 +1099,20 @@ class Session:
         UID -> sequence number, as the client knows it."""
         selected = self.selected
         assert selected is not None
-        in_database = search.database_filter(cmd.criteria)
-        if in_database is not None:
-            found = await self.store.find_messages(selected.id, in_database)
-            return [(uid, modseq) for uid, modseq in found if uid in positions]
         # Flags, dates and sizes need no MIME structure; header keys need the header block,
         # unless a search decoded it lately (a blob never changes).
         columns = None if need is search.Need.FULL else search.columns(cmd.criteria)
-        infos = await self.store.list_messages(selected.id, columns=columns)
+        indexed = None
+        if columns is not None and columns <= INDEXED_FIELDS:
+            indexed = await self._indexed()
+        infos: Sequence[MessageInfo]
+        if indexed is not None:
+            infos = list(indexed.values())
+        elif (in_database := search.database_filter(cmd.criteria)) is not None:
+            found = await self.store.find_messages(selected.id, in_database)
+            return [(uid, modseq) for uid, modseq in found if uid in positions]
+        else:
+            infos = await self.store.list_messages(selected.id, columns=columns)
         known: dict[int, list[tuple[str, str]]] = {}
         headers: dict[int, MessageInfo] = {}
         if need is search.Need.HEADER:
@@ -1135,6 +1150,14 @@ class Session:
             if test(candidate):
                 matched.append((info.uid, info.modseq))
         return matched
+
+    async def _indexed(self) -> dict[int, MessageInfo] | None:
+        """The selected mailbox's message index (:meth:`store.Store.indexed_messages`), up to
+        every change this session was told of or notified of."""
+        selected = self.selected
+        assert selected is not None
+        covering = max(selected.known_modseq, selected.watch.modseq)
+        return await self.store.indexed_messages(selected.id, covering)
 
     async def _header_block(self, info: MessageInfo) -> bytes:
         """The complete top-level header: the stored copy unless it was cut at delivery."""
@@ -1214,7 +1237,12 @@ class Session:
                 columns.update(("flags", "keywords", "modseq"))
         if self.modes.condstore:
             columns.add("modseq")
-        found = await self.store.list_messages(folder_id, uids, columns=columns)
+        found: Sequence[MessageInfo]
+        indexed = await self._indexed() if columns <= INDEXED_FIELDS else None
+        if indexed is not None:
+            found = [info for uid in uids if (info := indexed.get(uid)) is not None]
+        else:
+            found = await self.store.list_messages(folder_id, uids, columns=columns)
         infos = {i.uid: i for i in found}
         kinds = [k for a in attributes if (k := _formatted_kind(a)) is not None]
         cache, utf8 = self.server.formatted, self.modes.rev2

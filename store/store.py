@@ -56,6 +56,7 @@ from store.errors import (
     StoreError,
     StoreUnavailable,
 )
+from store.index import INDEXED_FIELDS, MessageIndexes
 from store.model import (
     DEFAULT_FOLDERS,
     NO_FLAGS,
@@ -103,6 +104,7 @@ SQL_IN_CHUNK = 500
 FOLDER_CACHE_SIZE = 100_000
 VERIFIED_TTL = 300.0
 VERIFIED_CACHE_SIZE = 100_000
+UNINDEXED_RETRY = 300.0  # seconds before a folder too large to index is tried again
 
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _LOCAL_PART = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}$")
@@ -262,6 +264,7 @@ def _message_reader(names: tuple[str, ...]) -> Callable[[Row[Any]], MessageInfo]
     return read
 
 
+_FOLDER_BY_ID = select(folders).where(folders.c.id == bindparam("folder_id"))
 _HIGHEST_MODSEQ = select(folders.c.highest_modseq).where(folders.c.id == bindparam("folder_id"))
 _CHANGED_SINCE = (
     select(messages.c.uid, messages.c.modseq, messages.c.flags, messages.c.keywords)
@@ -449,6 +452,9 @@ class Store(DirectoryStateStore, AddressBookStore):
         self._verified_key = secrets.token_bytes(32)
         self._folder_ids: dict[tuple[str, str], int] = {}
         self._changes_in_flight: dict[tuple[int, int], asyncio.Future[FolderChanges]] = {}
+        self.indexes = MessageIndexes()
+        # Folders found larger than the index budget: not indexed again until this time.
+        self._unindexed: dict[int, float] = {}
         # Set after a BAL change commits in this process: wakes the directory publisher at once
         # (other processes' changes are found by its periodic look at the publication queue).
         self.bal_changed = asyncio.Event()
@@ -1001,9 +1007,10 @@ class Store(DirectoryStateStore, AddressBookStore):
             await conn.execute(delete(messages).where(messages.c.folder_id == folder.id))
             await conn.execute(delete(expunged).where(expunged.c.folder_id == folder.id))
             await conn.execute(delete(folders).where(folders.c.id == folder.id))
-        # SQLite may give the id to the next folder created: nothing recorded of this one may
-        # answer for it, and its watchers must look again (their folder is gone).
+        # SQLite may give the id to the next folder created: nothing recorded or indexed of
+        # this one may answer for it, and its watchers must look again (their folder is gone).
         self.changes.forget(folder.id)
+        self.indexes.drop(folder.id)
 
     # -- delivery ---------------------------------------------------------------------------------
 
@@ -1133,6 +1140,54 @@ class Store(DirectoryStateStore, AddressBookStore):
         read = _message_reader(names)
         return [read(r) for r in rows]
 
+    async def indexed_messages(
+        self, folder_id: int, covering: int
+    ) -> dict[int, MessageInfo] | None:
+        """UID -> the indexed fields (:data:`store.index.INDEXED_FIELDS`) of a folder's
+        messages, in UID order, from this process's index brought up to MODSEQ ``covering`` at
+        least (a MODSEQ the caller read or was notified of); the other fields are empty.
+
+        None when the folder does not fit in the index budget, or is gone: read it with
+        :meth:`list_messages`. The mapping is the index's own, changed by later calls: read it
+        before the next await, never change it.
+        """
+        if (until := self._unindexed.get(folder_id)) is not None:
+            if time.monotonic() < until:
+                return None
+            del self._unindexed[folder_id]
+        index = self.indexes.get(folder_id)
+        if index.modseq >= covering:
+            return index.messages
+        async with index.lock:
+            try:
+                if not index.loaded:
+                    # HIGHESTMODSEQ before the rows: a change committed in between is in the
+                    # rows and after the index's MODSEQ, applied twice at worst (no-op).
+                    async with self.db.fast_reader.connect() as conn:
+                        top = (
+                            await conn.execute(_HIGHEST_MODSEQ, {"folder_id": folder_id})
+                        ).scalar()
+                    if top is None:
+                        raise StoreError(f"folder {folder_id} does not exist")
+                    rows = await self.list_messages(folder_id, columns=INDEXED_FIELDS)
+                    index.load(top, rows)
+                if index.modseq < covering:
+                    changes = self.changes.changes_known(folder_id, index.modseq, covering)
+                    if changes is None:
+                        changes = await self._changes_since(folder_id, index.modseq)
+                    new = index.apply(changes)
+                    if new:
+                        index.add(
+                            new, await self.list_messages(folder_id, new, columns=INDEXED_FIELDS)
+                        )
+            except StoreError:
+                self.indexes.drop(folder_id)
+                return None
+            if not self.indexes.fits(index):
+                self._unindexed[folder_id] = time.monotonic() + UNINDEXED_RETRY
+                return None
+            return index.messages
+
     async def find_messages(self, folder_id: int, wanted: MessageFilter) -> list[tuple[int, int]]:
         """``(UID, MODSEQ)`` of the messages meeting every condition of ``wanted``, in UID order:
         a SEARCH on flags, dates and sizes reads no row it does not return."""
@@ -1168,6 +1223,14 @@ class Store(DirectoryStateStore, AddressBookStore):
                     )
                 ).scalars()
             )
+
+    async def folder(self, folder_id: int) -> Folder:
+        """The folder row as it is now (its UIDNEXT and HIGHESTMODSEQ)."""
+        async with self.db.fast_reader.connect() as conn:
+            row = (await conn.execute(_FOLDER_BY_ID, {"folder_id": folder_id})).first()
+        if row is None:
+            raise StoreError(f"folder {folder_id} does not exist")
+        return _folder(row)
 
     async def folder_status(self, folder_id: int) -> tuple[Folder, int, int]:
         """The folder row, its message count and its unseen count."""

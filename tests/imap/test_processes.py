@@ -77,6 +77,24 @@ async def test_idle_session_sees_a_delivery_made_by_another_process(
 
         client.send(b"DONE\r\n")
         assert await client.line() == b"i1 OK IDLE terminated\r\n"
+
+        # This process's message index follows what it was notified of: FETCH and SEARCH
+        # answer from it, and must see the other process's changes, not the index's past.
+        await client.ok("FETCH 1 (FLAGS)")
+        other_folder = await other.get_folder(DOCTOR, "INBOX")
+        await other.set_flags(other_folder.id, [1], flags=Flag.SEEN, mode="replace")
+        await other.deliver(DOCTOR, message("Encore un"))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            lines = await client.ok("NOOP")
+            if b"* 2 EXISTS\r\n" in lines:
+                break
+            await asyncio.sleep(0.05)
+        lines = await client.ok("FETCH 1:* (FLAGS RFC822.SIZE)")
+        assert lines[0].startswith(b"* 1 FETCH (FLAGS (\\Seen \\Recent) RFC822.SIZE ")
+        assert lines[1].startswith(b"* 2 FETCH (FLAGS (\\Recent) RFC822.SIZE ")
+        assert (await client.ok("UID SEARCH SEEN"))[0] == b"* SEARCH 1\r\n"
+        assert (await client.ok("UID SEARCH UNSEEN"))[0] == b"* SEARCH 2\r\n"
     finally:
         await client.close()
         await server.stop()
