@@ -1381,9 +1381,19 @@ class Session:
         current: dict[int, MessageInfo] = {}
         unchanged_uids = [u for u in uids if u not in changed]
         if unchanged_uids and (cmd.unchanged_since is not None or not cmd.silent):
-            for info in await self.store.list_messages(
-                selected.id, unchanged_uids, columns=("modseq", "flags", "keywords")
-            ):
+            # The flags of messages the STORE left alone, as the transaction found them: the
+            # index knows them exactly only where every writer is this process (SQLite); a
+            # conflict with UNCHANGEDSINCE is always judged on the database.
+            indexed = None
+            if cmd.unchanged_since is None and self.store.writes_only_here:
+                indexed = await self._indexed()
+            if indexed is not None:
+                unchanged = [i for u in unchanged_uids if (i := indexed.get(u)) is not None]
+            else:
+                unchanged = await self.store.list_messages(
+                    selected.id, unchanged_uids, columns=("modseq", "flags", "keywords")
+                )
+            for info in unchanged:
                 current[info.uid] = info
                 if cmd.unchanged_since is not None and info.modseq > cmd.unchanged_since:
                     conflicting.add(info.uid)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -101,17 +102,14 @@ class HopConnection:
     one block do not share a snapshot; the store's multi-statement reads are written to be
     correct without one."""
 
-    def __init__(self, engine: Engine, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, engine: HopEngine) -> None:
         self._engine = engine
-        self._executor = executor
 
     async def execute(self, statement: Executable, parameters: Any = None) -> Rows:
-        def run() -> Rows:
-            with self._engine.connect() as conn:
-                return Rows.of(conn.execute(statement, parameters))
-
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, run)
+        return await loop.run_in_executor(
+            self._engine.executor, self._engine.run, statement, parameters
+        )
 
 
 class Rows:
@@ -178,13 +176,41 @@ class HopEngine:
         # Threads of its own: in the default executor, reads would queue behind password
         # hashes (0.1 s each) and every session would stall while many users log in.
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="sqlite-read")
+        # One connection per thread, kept: taking one from the pool and giving it back cost
+        # twice the statement. Statements run in autocommit (no BEGIN), each on the newest
+        # snapshot, so a kept connection never holds an old one.
+        self._local = threading.local()
+        self._held: list[Connection] = []
+        self._held_lock = threading.Lock()
+
+    def _connection(self) -> Connection:
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self.engine.connect()
+            self._local.conn = conn
+            with self._held_lock:
+                self._held.append(conn)
+        return conn
+
+    def run(self, statement: Executable, parameters: Any = None) -> Rows:
+        """One statement, in the calling worker thread, on that thread's connection."""
+        conn = self._connection()
+        try:
+            return Rows.of(conn.execute(statement, parameters))
+        finally:
+            conn.rollback()  # ends SQLAlchemy's own transaction; SQLite had none open
 
     @contextlib.asynccontextmanager
     async def connect(self) -> AsyncIterator[HopConnection]:
-        yield HopConnection(self.engine, self.executor)
+        yield HopConnection(self)
 
     def dispose(self) -> None:
         self.executor.shutdown(wait=True)
+        with self._held_lock:
+            held, self._held = self._held, []
+        for conn in held:
+            with contextlib.suppress(Exception):
+                conn.close()
         self.engine.dispose()
 
 
@@ -192,17 +218,17 @@ class HopTransaction:
     """One transaction of :class:`HopWriteEngine`: each statement, or each whole function given
     to :meth:`run_sync`, runs in the writer thread on the one write connection."""
 
-    def __init__(self, engine: Engine, executor: ThreadPoolExecutor) -> None:
-        self._engine = engine
-        self._executor = executor
+    def __init__(self, writer: HopWriteEngine) -> None:
+        self._writer = writer
+        self._executor = writer.executor
         self._conn: Connection | None = None
 
     def _open(self) -> None:
-        conn = self._engine.connect()
+        conn = self._writer.connection()
         try:
             conn.begin()  # BEGIN IMMEDIATE (the engine's "begin" listener)
         except BaseException:
-            conn.close()
+            self._writer.discard(conn)
             raise
         self._conn = conn
 
@@ -215,12 +241,13 @@ class HopTransaction:
                 conn.commit()
             else:
                 conn.rollback()
-        finally:
-            conn.close()
+        except BaseException:
+            self._writer.discard(conn)  # in an unknown state: the next transaction opens anew
+            raise
 
     @property
     def dialect(self) -> Dialect:
-        return self._engine.dialect
+        return self._writer.engine.dialect
 
     def _connection(self) -> Connection:
         if self._conn is None:
@@ -265,6 +292,20 @@ class HopWriteEngine:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-write")
         self._lock = asyncio.Lock()
         self.lock_timeout = lock_timeout
+        # The write connection, kept between transactions; used by the writer thread only.
+        self._conn: Connection | None = None
+
+    def connection(self) -> Connection:
+        """The write connection (in the writer thread), opened again after a failure."""
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            self._conn = self.engine.connect()
+        return self._conn
+
+    def discard(self, conn: Connection) -> None:
+        if self._conn is conn:
+            self._conn = None
+        with contextlib.suppress(Exception):
+            conn.close()
 
     async def _acquire(self) -> None:
         try:
@@ -280,7 +321,7 @@ class HopWriteEngine:
         """A write transaction whose statements hop to the writer thread one by one."""
         await self._acquire()
         try:
-            tx = HopTransaction(self.engine, self.executor)
+            tx = HopTransaction(self)
             opened = asyncio.get_running_loop().run_in_executor(self.executor, tx._open)
             try:
                 await opened
@@ -298,7 +339,7 @@ class HopWriteEngine:
     async def transaction(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(connection, *args)`` in a transaction of its own, BEGIN to COMMIT in a single
         hop to the writer thread (a flag change: one thread round trip instead of three)."""
-        tx = HopTransaction(self.engine, self.executor)
+        tx = HopTransaction(self)
 
         def run() -> T:
             tx._open()
@@ -318,6 +359,8 @@ class HopWriteEngine:
 
     def dispose(self) -> None:
         self.executor.shutdown(wait=True)
+        if self._conn is not None:
+            self.discard(self._conn)
         self.engine.dispose()
 
 
@@ -369,7 +412,6 @@ class Database:
                 hide_parameters=True,
             )
             event.listen(hop, "connect", _sqlite_on_connect)
-            event.listen(hop, "begin", _sqlite_begin_deferred)
             return cls(
                 url=url,
                 dialect="sqlite",

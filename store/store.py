@@ -507,6 +507,13 @@ class Store(DirectoryStateStore, AddressBookStore):
         self._hash_executor.shutdown(wait=False)
 
     @property
+    def writes_only_here(self) -> bool:
+        """Whether every write to the store is made by this process and published here as it
+        commits (the embedded SQLite store), so that an index brought up to the latest change
+        published is exact; with PostgreSQL, other processes' changes arrive a moment later."""
+        return not self.db.is_postgresql
+
+    @property
     def commit_stats(self) -> tuple[int, int]:
         """(commits, messages committed) by this process's group committer."""
         return self._committer.batches, self._committer.committed
