@@ -97,6 +97,7 @@ from store.text import departement_of, search_key
 PARSE_INLINE_LIMIT = 256 * 1024
 # The top-level header block is kept in the row (HEADER fetches need no blob read) up to this size.
 HEADER_ROW_LIMIT = 64 * 1024
+INLINE_READ_LIMIT = 64 * 1024  # blobs read on the event loop, not in a thread
 MAX_KEYWORD_LENGTH = 128
 MAX_FOLDER_NAME = 1024
 FOLDER_DELIMITER = "/"
@@ -1278,6 +1279,10 @@ class Store(DirectoryStateStore, AddressBookStore):
         return None if uid is None else int(uid)
 
     async def read_message(self, message: MessageInfo) -> bytes:
+        if 0 < message.size <= INLINE_READ_LIMIT:
+            # From the page cache a small blob reads in microseconds, ten times less than the
+            # thread hop (IMAP FETCH of one message, a practice software's everyday request).
+            return self.blobs.read_sync(message.blob)
         return await self.blobs.read(message.blob)
 
     async def read_header(self, message: MessageInfo) -> bytes:
