@@ -275,6 +275,13 @@ class HopTransaction:
         return await self._hop(lambda: fn(self._connection(), *args, **kwargs))
 
 
+@dataclass(slots=True)
+class _Job:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any]
+
+
 class HopWriteEngine:
     """SQLite's one writer: a synchronous connection used by one thread of its own.
 
@@ -294,6 +301,9 @@ class HopWriteEngine:
         self.lock_timeout = lock_timeout
         # The write connection, kept between transactions; used by the writer thread only.
         self._conn: Connection | None = None
+        # transaction() calls waiting for the next group commit, and the task running them.
+        self._queued: list[_Job] = []
+        self._committer: asyncio.Task[None] | None = None
 
     def connection(self) -> Connection:
         """The write connection (in the writer thread), opened again after a failure."""
@@ -337,25 +347,90 @@ class HopWriteEngine:
             self._lock.release()
 
     async def transaction(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(connection, *args)`` in a transaction of its own, BEGIN to COMMIT in a single
-        hop to the writer thread (a flag change: one thread round trip instead of three)."""
-        tx = HopTransaction(self)
+        """``fn(connection, *args)`` whole in a transaction, BEGIN to COMMIT in a single hop to
+        the writer thread (a flag change: one thread round trip instead of three).
 
-        def run() -> T:
-            tx._open()
-            try:
-                result = fn(tx._connection(), *args)
-            except BaseException:
-                tx._close(False)
-                raise
-            tx._close(True)
-            return result
+        Calls made while the writer is busy share the next transaction, each in a savepoint of
+        its own (group commit): ten sessions changing flags at once pay one fsync, and one of
+        them that raises leaves the others' writes in place. Each gets its result once all
+        are durable, in the order they called.
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queued.append(_Job(fn, args, future))
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_queued(), name="sqlite-commit")
+        return await future
 
-        await self._acquire()
+    async def _commit_queued(self) -> None:
+        loop = asyncio.get_running_loop()
+        batch: list[_Job] = []
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, run)
+            while self._queued:
+                await self._acquire()
+                try:
+                    batch = [job for job in self._queued if not job.future.cancelled()]
+                    self._queued = []
+                    if not batch:
+                        continue
+                    try:
+                        outcomes = await asyncio.shield(
+                            loop.run_in_executor(self.executor, self._run_batch, batch)
+                        )
+                    except Exception as exc:
+                        for job in batch:
+                            if not job.future.done():
+                                job.future.set_exception(exc)
+                        continue
+                finally:
+                    self._lock.release()
+                for job, (ok, value) in zip(batch, outcomes, strict=True):
+                    if not job.future.done():
+                        if ok:
+                            job.future.set_result(value)
+                        else:
+                            job.future.set_exception(value)
+                batch = []
+        except BaseException as exc:
+            # The writer stayed busy too long, or the loop is closing: nobody may wait forever.
+            for job in batch + self._queued:
+                if job.future.done():
+                    continue
+                if isinstance(exc, Exception):
+                    job.future.set_exception(exc)
+                else:
+                    job.future.cancel()
+            self._queued = []
+            if not isinstance(exc, Exception):
+                raise
         finally:
-            self._lock.release()
+            self._committer = None
+
+    def _run_batch(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
+        """The writer thread's side of :meth:`transaction`: (True, result) or (False,
+        exception) per job. A job alone needs no savepoint: its exception undoes it all."""
+        tx = HopTransaction(self)
+        tx._open()
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn = tx._connection()
+            if len(batch) == 1:
+                outcomes.append((True, batch[0].fn(conn, *batch[0].args)))
+            else:
+                for job in batch:
+                    savepoint = conn.begin_nested()
+                    try:
+                        value = job.fn(conn, *job.args)
+                    except Exception as exc:
+                        savepoint.rollback()
+                        outcomes.append((False, exc))
+                    else:
+                        savepoint.commit()
+                        outcomes.append((True, value))
+        except BaseException:
+            tx._close(False)
+            raise
+        tx._close(True)
+        return outcomes
 
     def dispose(self) -> None:
         self.executor.shutdown(wait=True)

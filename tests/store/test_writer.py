@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import event, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 
@@ -171,3 +171,56 @@ async def test_a_one_hop_transaction_commits_all_or_nothing_and_frees_the_writer
     async with asyncio.timeout(10):
         assert await store.db.transaction(add, ["four.mssante.fr"]) == 1
     assert await _domain_names(store) == ["four.mssante.fr", "one.mssante.fr", "two.mssante.fr"]
+
+
+async def test_sqlite_transactions_made_while_the_writer_is_busy_share_one_commit(
+    tmp_path: Path,
+) -> None:
+    """Group commit: the calls queued behind a busy writer run in one transaction, each in a
+    savepoint, so the one that fails is undone alone and the others commit; every caller gets
+    its own result, and one cancelled before its turn writes nothing."""
+    store = await Store.open(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "blobs")
+    try:
+        writer = store.db.writer
+        assert isinstance(writer, HopWriteEngine)
+        commits: list[int] = []
+        event.listen(writer.engine, "commit", lambda _conn: commits.append(1))
+
+        def add(conn: Connection, names: list[str]) -> list[str]:
+            for name in names:
+                conn.execute(insert(domains), _add(name))
+            return names
+
+        blocker = threading.Event()
+        writer.executor.submit(blocker.wait, 10)  # the writer thread is busy
+        first = asyncio.ensure_future(store.db.transaction(add, ["a.mssante.fr"]))
+        await asyncio.sleep(0.05)  # taken: waits in the writer thread's queue
+        queued = [
+            asyncio.ensure_future(store.db.transaction(add, names))
+            for names in (
+                ["b.mssante.fr", "c.mssante.fr"],
+                ["d.mssante.fr", "b.mssante.fr"],  # unique: fails, after inserting d
+                ["e.mssante.fr"],
+                ["f.mssante.fr"],
+            )
+        ]
+        await asyncio.sleep(0)
+        queued[3].cancel()
+        blocker.set()
+        async with asyncio.timeout(10):
+            assert await first == ["a.mssante.fr"]
+            assert await queued[0] == ["b.mssante.fr", "c.mssante.fr"]
+            with pytest.raises(Exception, match=r"(?i)unique"):
+                await queued[1]
+            assert await queued[2] == ["e.mssante.fr"]
+            with pytest.raises(asyncio.CancelledError):
+                await queued[3]
+        assert len(commits) == 2  # "a" alone, then the three queued behind it together
+        assert await _domain_names(store) == [
+            "a.mssante.fr",
+            "b.mssante.fr",
+            "c.mssante.fr",
+            "e.mssante.fr",
+        ]
+    finally:
+        await store.close()
