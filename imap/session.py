@@ -1105,16 +1105,21 @@ class Session:
         indexed = None
         if columns is not None and columns <= INDEXED_FIELDS:
             indexed = await self._indexed()
+        in_database = search.database_filter(cmd.criteria)
         infos: Sequence[MessageInfo]
+        if indexed is not None and in_database is not None:
+            keep = in_database.test()
+            return [(i.uid, i.modseq) for i in indexed.values() if keep(i) and i.uid in positions]
         if indexed is not None:
             infos = list(indexed.values())
-        elif (in_database := search.database_filter(cmd.criteria)) is not None:
+        elif in_database is not None:
             found = await self.store.find_messages(selected.id, in_database)
             return [(uid, modseq) for uid, modseq in found if uid in positions]
         else:
             infos = await self.store.list_messages(selected.id, columns=columns)
         known: dict[int, list[tuple[str, str]]] = {}
         headers: dict[int, MessageInfo] = {}
+        missing: list[int] = []
         if need is search.Need.HEADER:
             for info in infos:
                 if (fields := search.decoded_header(info.blob)) is not None:
@@ -1133,6 +1138,15 @@ class Session:
         )
         matched: list[tuple[int, int]] = []
         test = search.matcher(cmd.criteria, scope)
+        if need is search.Need.METADATA or (need is search.Need.HEADER and not missing):
+            # Nothing to read per message: one pass, no await (1,000 candidates).
+            make, recent = search.Candidate, selected.recent
+            return [
+                (i.uid, i.modseq)
+                for i in infos
+                if (seq := positions.get(i.uid)) is not None
+                and test(make(seq, i.uid, i, i.uid in recent, fields=known.get(i.uid)))
+            ]
         for info in infos:
             seq = positions.get(info.uid)
             if seq is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -212,6 +213,31 @@ class MessageFilter:
     larger_than: int | None = None
     smaller_than: int | None = None
     modseq_from: int | None = None
+
+    def test(self) -> Callable[[MessageInfo], bool]:
+        """The conditions as a test of one row (of an in-memory index), the database's way."""
+        tests: list[Callable[[MessageInfo], bool]] = []
+        if self.with_flags:
+            wanted = int(self.with_flags)
+            tests.append(lambda i: int(i.flags) & wanted == wanted)
+        if self.without_flags:
+            unwanted = int(self.without_flags)
+            tests.append(lambda i: not int(i.flags) & unwanted)
+        if (since := self.received_from) is not None:
+            tests.append(lambda i: i.internal_date >= since)
+        if (before := self.received_before) is not None:
+            tests.append(lambda i: i.internal_date < before)
+        if (larger := self.larger_than) is not None:
+            tests.append(lambda i: i.size > larger)
+        if (smaller := self.smaller_than) is not None:
+            tests.append(lambda i: i.size < smaller)
+        if (modseq := self.modseq_from) is not None:
+            tests.append(lambda i: i.modseq >= modseq)
+        if not tests:
+            return lambda i: True
+        if len(tests) == 1:
+            return tests[0]
+        return lambda i: all(test(i) for test in tests)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
-"""SEARCH on flags, dates, sizes and MODSEQ runs in the database: it must find exactly what
-the message-by-message matcher finds (RFC 9051 §6.4.4 semantics), on SQLite and PostgreSQL."""
+"""SEARCH on flags, dates, sizes and MODSEQ runs in the database, or on the in-memory index:
+either must find exactly what the message-by-message matcher finds (RFC 9051 §6.4.4
+semantics), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -55,6 +56,9 @@ async def test_database_search_finds_what_the_matcher_finds(store: Store, doctor
     await store.set_flags(folder.id, uids[::4], flags=Flag.SEEN, mode="add")
     infos = await store.list_messages(folder.id)
     scope = Scope(uids=uids, count=len(uids), saved=(), now=datetime.now(UTC))
+    top = (await store.folder(folder.id)).highest_modseq
+    indexed = await store.indexed_messages(folder.id, top)
+    assert indexed is not None
     for _ in range(150):
         criteria = SearchAnd(tuple(random_key(rng) for _ in range(rng.randrange(1, 4))))
         wanted = database_filter(criteria)
@@ -66,6 +70,10 @@ async def test_database_search_finds_what_the_matcher_finds(store: Store, doctor
             if matches(criteria, Candidate(n, i.uid, i, False), scope)
         ]
         assert found == expected, criteria
+        # The same conditions tested on the rows of the in-memory index (IMAP SEARCH's path
+        # when the folder is indexed) find the same messages.
+        keep = wanted.test()
+        assert [i.uid for i in indexed.values() if keep(i)] == expected, criteria
 
 
 def test_criteria_the_database_cannot_test_are_left_to_the_matcher() -> None:
