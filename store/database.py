@@ -42,7 +42,7 @@ HOP_THREADS = 4
 """Threads (and connections) of the SQLite read path: reads run in parallel in WAL mode."""
 
 
-def _compact_json(value: Any) -> str:
+def compact_json(value: Any) -> str:
     # Metadata JSON is stored for every message: no padding spaces, UTF-8 kept as is.
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -471,7 +471,7 @@ class Database:
                 sync_url,
                 pool_size=1,
                 max_overflow=0,
-                json_serializer=_compact_json,
+                json_serializer=compact_json,
                 hide_parameters=True,
             )
             event.listen(write_engine, "connect", _sqlite_on_connect)
@@ -498,7 +498,7 @@ class Database:
             url,
             pool_size=pool_size,
             max_overflow=pool_size,
-            json_serializer=_compact_json,
+            json_serializer=compact_json,
             # SQL errors must not carry bound values (subjects, addresses, headers) into logs.
             hide_parameters=True,
             # An acknowledged delivery must not depend on the server's default durability.
