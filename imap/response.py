@@ -19,6 +19,7 @@ Conventions chosen here:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -152,10 +153,19 @@ def flag_list(flags: Flag, keywords: Iterable[str] = (), recent: bool = False) -
     session), then keywords in the given order. A keyword that is not an atom is skipped: it
     could only come from a bug upstream and must not break the response.
     """
-    names = list(flags.imap_names)
+    if not keywords:
+        return _system_flag_list(int(flags), recent)
+    names = list(Flag(flags).imap_names)
     if recent:
         names.append("\\Recent")
     names.extend(keyword for keyword in keywords if _KEYWORD_RE.fullmatch(keyword))
+    return ("(" + " ".join(names) + ")").encode("ascii")
+
+
+@functools.lru_cache(maxsize=256)
+def _system_flag_list(bits: int, recent: bool) -> bytes:
+    # Every FETCH FLAGS and STORE formats one: iterating the enum cost more than the rest.
+    names = Flag(bits).imap_names + (("\\Recent",) if recent else ())
     return ("(" + " ".join(names) + ")").encode("ascii")
 
 

@@ -87,7 +87,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin_immediate(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    conn.connection.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
 
 
 def _sqlite_begin_deferred(conn: Connection) -> None:
@@ -416,15 +416,19 @@ class HopWriteEngine:
             if len(batch) == 1:
                 outcomes.append((True, batch[0].fn(conn, *batch[0].args)))
             else:
+                # The driver's own SAVEPOINTs: SQLAlchemy's cost more than a flag change.
+                raw = conn.connection.driver_connection
+                assert raw is not None
                 for job in batch:
-                    savepoint = conn.begin_nested()
+                    raw.execute("SAVEPOINT job")
                     try:
                         value = job.fn(conn, *job.args)
                     except Exception as exc:
-                        savepoint.rollback()
+                        raw.execute("ROLLBACK TO job")
+                        raw.execute("RELEASE job")
                         outcomes.append((False, exc))
                     else:
-                        savepoint.commit()
+                        raw.execute("RELEASE job")
                         outcomes.append((True, value))
         except BaseException:
             tx._close(False)
