@@ -7,7 +7,8 @@ lock upgrade, fair queueing between processes through ``busy_timeout``), and rea
 transactions never block writers: the hot reads run each statement whole in a thread
 (:class:`HopEngine`), the others through aiosqlite. PostgreSQL uses one pooled asyncpg engine for
 everything. Either way callers see the same API: ``writer.begin()`` blocks of statements, or
-``Database.transaction(fn)`` for a synchronous function run whole in one transaction.
+``Database.transaction(fn)`` for a synchronous function run whole in one transaction; on SQLite
+the functions asked for while the writer is busy share one commit (group commit: one fsync).
 """
 
 from __future__ import annotations
@@ -291,7 +292,8 @@ class HopWriteEngine:
     fetch, close, commit); a flag change or a batch of deliveries that runs whole in one hop
     holds the write lock for the fsync and little else. The single thread runs jobs in the
     order they were given, so the rollback of an abandoned transaction always runs before
-    the next one begins.
+    the next one begins. ``transaction(fn)`` calls made while a transaction runs are
+    committed together next (:meth:`transaction`).
     """
 
     def __init__(self, engine: Engine, *, lock_timeout: float) -> None:
