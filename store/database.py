@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine, Row, make_url
-from sqlalchemy.exc import MultipleResultsFound, NoResultFound
+from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.expression import Executable
@@ -87,8 +88,21 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+@contextlib.contextmanager
+def driver_errors(statement: str) -> Iterator[None]:
+    """The sqlite3 module's exceptions as SQLAlchemy's (what the store's callers catch), for
+    statements run on the driver's own connection."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(
+            statement, None, exc, sqlite3.Error, hide_parameters=True
+        ) from exc
+
+
 def _sqlite_begin_immediate(conn: Connection) -> None:
-    conn.connection.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+    with driver_errors("BEGIN IMMEDIATE"):
+        conn.connection.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
 
 
 def _sqlite_begin_deferred(conn: Connection) -> None:
@@ -281,6 +295,7 @@ class _Job:
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     future: asyncio.Future[Any]
+    queued_at: float  # the loop's clock
 
 
 class HopWriteEngine:
@@ -357,9 +372,10 @@ class HopWriteEngine:
         them that raises leaves the others' writes in place. Each gets its result once all
         are durable, in the order they called.
         """
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queued.append(_Job(fn, args, future))
-        if self._committer is None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queued.append(_Job(fn, args, future, loop.time()))
+        if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_queued(), name="sqlite-commit")
         return await future
 
@@ -368,7 +384,17 @@ class HopWriteEngine:
         batch: list[_Job] = []
         try:
             while self._queued:
-                await self._acquire()
+                try:
+                    await self._acquire()
+                except SQLAlchemyTimeout as exc:
+                    # Only those that waited their whole lock_timeout give up; the ones
+                    # queued meanwhile wait their own.
+                    now = loop.time()
+                    for job in self._queued:
+                        if now - job.queued_at >= self.lock_timeout and not job.future.done():
+                            job.future.set_exception(exc)
+                    self._queued = [job for job in self._queued if not job.future.done()]
+                    continue
                 try:
                     batch = [job for job in self._queued if not job.future.cancelled()]
                     self._queued = []
@@ -393,7 +419,7 @@ class HopWriteEngine:
                             job.future.set_exception(value)
                 batch = []
         except BaseException as exc:
-            # The writer stayed busy too long, or the loop is closing: nobody may wait forever.
+            # The loop is closing (or a bug): nobody may wait forever.
             for job in batch + self._queued:
                 if job.future.done():
                     continue
@@ -422,15 +448,18 @@ class HopWriteEngine:
                 raw = conn.connection.driver_connection
                 assert raw is not None
                 for job in batch:
-                    raw.execute("SAVEPOINT job")
+                    with driver_errors("SAVEPOINT job"):
+                        raw.execute("SAVEPOINT job")
                     try:
                         value = job.fn(conn, *job.args)
                     except Exception as exc:
-                        raw.execute("ROLLBACK TO job")
-                        raw.execute("RELEASE job")
+                        with driver_errors("ROLLBACK TO job"):
+                            raw.execute("ROLLBACK TO job")
+                            raw.execute("RELEASE job")
                         outcomes.append((False, exc))
                     else:
-                        raw.execute("RELEASE job")
+                        with driver_errors("RELEASE job"):
+                            raw.execute("RELEASE job")
                         outcomes.append((True, value))
         except BaseException:
             tx._close(False)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from store.model import FolderChanges, MessageInfo
 
@@ -55,34 +55,34 @@ class FolderIndex:
         self.uid_top = max(self.messages, default=0)
         self.modseq = modseq
 
-    def apply(self, changes: FolderChanges) -> list[int]:
-        """Apply flag changes and expunges; returns the UIDs of new messages, whose rows the
-        caller loads (:meth:`add`). A change older than a row's own MODSEQ is ignored: a row
-        read from the database may already be newer than the changes that follow its read."""
+    def new_uids(self, changes: FolderChanges) -> list[int]:
+        """The UIDs of the new messages among ``changes``, whose rows :meth:`apply` needs."""
+        top = self.uid_top
+        return [c.uid for c in changes.changed if c.uid > top]
+
+    def apply(
+        self, changes: FolderChanges, new: Sequence[int], rows: Iterable[MessageInfo]
+    ) -> None:
+        """Apply flag changes and expunges, add the rows of the ``new`` messages (those not
+        expunged since, in UID order), then take the changes' MODSEQ: all without an await.
+
+        A change older than a row's own MODSEQ is ignored: a row read from the database may
+        already be newer than the changes that follow its read."""
         messages = self.messages
         for uid in changes.vanished:
             messages.pop(uid, None)
-        new: list[int] = []
         for change in changes.changed:
             info = messages.get(change.uid)
-            if info is None:
-                if change.uid > self.uid_top:
-                    new.append(change.uid)
-                continue
-            if change.modseq > info.modseq:
+            if info is not None and change.modseq > info.modseq:
                 messages[change.uid] = dataclasses.replace(
                     info, modseq=change.modseq, flags=change.flags, keywords=tuple(change.keywords)
                 )
-        self.modseq = max(self.modseq, changes.highest_modseq)
-        return new
-
-    def add(self, new: list[int], rows: Iterable[MessageInfo]) -> None:
-        """The rows of new messages (those not expunged meanwhile), in UID order."""
         top = self.uid_top
         for info in rows:
             if info.uid > top:
-                self.messages[info.uid] = info
-        self.uid_top = max(top, *new)
+                messages[info.uid] = info
+        self.uid_top = max(top, *new) if new else top
+        self.modseq = max(self.modseq, changes.highest_modseq)
 
 
 class MessageIndexes:

@@ -41,7 +41,7 @@ from store import mime
 from store.address_book import AddressBookStore
 from store.blobs import BlobStore
 from store.changes import ChangeFeed, PostgresChangeFeed, Written, notify_other_processes
-from store.database import Database, WriteConnection, compact_json, migrate
+from store.database import Database, WriteConnection, compact_json, driver_errors, migrate
 from store.delivery import FolderVanished, GroupCommitter
 from store.directory_state import DirectoryStateStore
 from store.errors import (
@@ -99,6 +99,7 @@ PARSE_INLINE_LIMIT = 256 * 1024
 # The top-level header block is kept in the row (HEADER fetches need no blob read) up to this size.
 HEADER_ROW_LIMIT = 64 * 1024
 INLINE_READ_LIMIT = 64 * 1024  # blobs read on the event loop, not in a thread
+INLINE_READS_BETWEEN_YIELDS = 16
 MAX_KEYWORD_LENGTH = 128
 MAX_FOLDER_NAME = 1024
 FOLDER_DELIMITER = "/"
@@ -365,15 +366,16 @@ def _set_flags(
 ) -> list[FlagChange]:
     """The transaction of :meth:`Store.set_flags`, whole (one thread hop on SQLite)."""
     if conn.dialect.name == "sqlite":
-        return _set_flags_sqlite(
-            conn.connection.driver_connection,
-            folder_id,
-            uids,
-            flags,
-            keywords,
-            mode,
-            unchanged_since,
-        )
+        with driver_errors("set flags"):
+            return _set_flags_sqlite(
+                conn.connection.driver_connection,
+                folder_id,
+                uids,
+                flags,
+                keywords,
+                mode,
+                unchanged_since,
+            )
     _lock_folder(conn, folder_id)
     current: list[tuple[int, int, int, int, list[str]]] = []
     for chunk in _chunks(sorted(set(uids))):
@@ -525,6 +527,7 @@ class Store(DirectoryStateStore, AddressBookStore):
         self._folder_ids: dict[tuple[str, str], int] = {}
         self._changes_in_flight: dict[tuple[int, int], asyncio.Future[FolderChanges]] = {}
         self.indexes = MessageIndexes()
+        self._inline_reads = 0
         # Folders found larger than the index budget: not indexed again until this time.
         self._unindexed: dict[int, float] = {}
         # Set after a BAL change commits in this process: wakes the directory publisher at once
@@ -1254,14 +1257,22 @@ class Store(DirectoryStateStore, AddressBookStore):
                     changes = self.changes.changes_known(folder_id, index.modseq, covering)
                     if changes is None:
                         changes = await self._changes_since(folder_id, index.modseq)
-                    new = index.apply(changes)
-                    if new:
-                        index.add(
-                            new, await self.list_messages(folder_id, new, columns=INDEXED_FIELDS)
-                        )
+                    # Every read before the index changes: a reader served between two awaits
+                    # (its MODSEQ already covered) must never find the MODSEQ advanced and the
+                    # new messages missing, nor a failed read leave it so.
+                    new = index.new_uids(changes)
+                    rows = (
+                        await self.list_messages(folder_id, new, columns=INDEXED_FIELDS)
+                        if new
+                        else []
+                    )
+                    index.apply(changes, new, rows)
             except StoreError:
                 self.indexes.drop(folder_id)
                 return None
+            except BaseException:
+                self.indexes.drop(folder_id)
+                raise
             if not self.indexes.fits(index):
                 self._unindexed[folder_id] = time.monotonic() + UNINDEXED_RETRY
                 return None
@@ -1353,6 +1364,10 @@ class Store(DirectoryStateStore, AddressBookStore):
         if 0 < message.size <= INLINE_READ_LIMIT:
             # From the page cache a small blob reads in microseconds, ten times less than the
             # thread hop (IMAP FETCH of one message, a practice software's everyday request).
+            # A command reading thousands (SEARCH BODY) still lets the other sessions run.
+            self._inline_reads += 1
+            if self._inline_reads % INLINE_READS_BETWEEN_YIELDS == 0:
+                await asyncio.sleep(0)
             return self.blobs.read_sync(message.blob)
         return await self.blobs.read(message.blob)
 

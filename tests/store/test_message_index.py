@@ -4,7 +4,10 @@ budget, and never for a deleted folder whose id was given again."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+
+import pytest
 
 from store import Flag, Store
 from store.index import INDEXED_FIELDS, FolderIndex, MessageIndexes
@@ -158,13 +161,20 @@ def test_a_change_older_than_the_row_it_names_is_ignored() -> None:
         b"", None, None, None, None,
     )  # fmt: skip
     index.load(10, [row])
-    new = index.apply(
-        FolderChanges(12, (FlagChange(7, 11, Flag(0), ()), FlagChange(8, 12, Flag(0), ())), ())
+    changes = FolderChanges(
+        12, (FlagChange(7, 11, Flag(0), ()), FlagChange(8, 12, Flag(0), ())), ()
     )
-    assert index.messages[7] is row
+    new = index.new_uids(changes)
     assert new == [8]
+    assert index.modseq == 10  # nothing changes before the new rows are read
+    index.apply(changes, new, [])  # message 8 was expunged before its row was read
+    assert index.messages[7] is row
+    assert 8 not in index.messages
+    assert index.uid_top == 8
     assert index.modseq == 12
-    index.apply(FolderChanges(13, (FlagChange(7, 13, Flag.FLAGGED, ("$x",)),), (7,)))
+    later = FolderChanges(13, (FlagChange(7, 13, Flag.FLAGGED, ("$x",)),), (7,))
+    assert index.new_uids(later) == []
+    index.apply(later, [], [])
     assert 7 not in index.messages
 
 
@@ -176,3 +186,48 @@ def test_the_registry_drops_an_index_that_cannot_fit_alone() -> None:
     index.messages = {1: None, 2: None}  # type: ignore[dict-item]
     assert not registry.fits(index)
     assert 5 not in registry
+
+
+async def test_a_reader_during_a_refresh_never_sees_the_new_modseq_without_the_new_message(
+    store: Store, doctor: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refresh reads the new rows before it changes anything: a reader served meanwhile
+    waits for it or gets the index as it was, and a failed read leaves nothing half done."""
+    await store.deliver(doctor, simple_message(0))
+    inbox = await store.get_folder(doctor, "INBOX")
+    first = (await store.folder(inbox.id)).highest_modseq
+    assert await store.indexed_messages(inbox.id, first) is not None
+    await store.deliver(doctor, simple_message(1))
+    top = (await store.folder(inbox.id)).highest_modseq
+    reading = asyncio.Event()
+    release = asyncio.Event()
+    fail = True
+    real = store.list_messages
+
+    async def slow(folder_id: int, uids: object = None, **kw: object) -> object:
+        if uids:
+            reading.set()
+            await release.wait()
+            if fail:
+                raise RuntimeError("the database went away")
+        return await real(folder_id, uids, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "list_messages", slow)
+    refresh = asyncio.create_task(store.indexed_messages(inbox.id, top))
+    await reading.wait()
+    as_it_was = await store.indexed_messages(inbox.id, first)
+    assert as_it_was is not None
+    assert list(as_it_was) == [1]
+    waiting = asyncio.create_task(store.indexed_messages(inbox.id, top))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # it needs MODSEQ ``top``: it waits for the refresh
+    release.set()
+    with pytest.raises(RuntimeError):
+        await refresh
+    fail = False
+    indexed = await waiting
+    assert indexed is not None
+    assert list(indexed) == [1, 2]
+    again = await store.indexed_messages(inbox.id, top)
+    assert again is not None
+    assert list(again) == [1, 2]

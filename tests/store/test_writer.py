@@ -224,3 +224,70 @@ async def test_sqlite_transactions_made_while_the_writer_is_busy_share_one_commi
         ]
     finally:
         await store.close()
+
+
+async def test_sqlite_a_transaction_waits_its_own_lock_timeout_not_the_first_queued_one(
+    tmp_path: Path,
+) -> None:
+    store = await Store.open(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "blobs")
+    try:
+        writer = store.db.writer
+        assert isinstance(writer, HopWriteEngine)
+        writer.lock_timeout = 0.4
+        held = asyncio.Event()
+
+        async def hold(seconds: float) -> None:
+            async with writer.begin():
+                held.set()
+                await asyncio.sleep(seconds)
+
+        def add(conn: Connection, name: str) -> str:
+            conn.execute(insert(domains), _add(name))
+            return name
+
+        holder = asyncio.create_task(hold(0.6))
+        await held.wait()
+        early = asyncio.ensure_future(store.db.transaction(add, "early.mssante.fr"))
+        await asyncio.sleep(0.25)
+        late = asyncio.ensure_future(store.db.transaction(add, "late.mssante.fr"))
+        with pytest.raises(SQLAlchemyTimeout):
+            await early  # waited 0.4 s behind the holder
+        async with asyncio.timeout(5):
+            assert await late == "late.mssante.fr"  # 0.35 s of its own wait when the lock came
+        await holder
+        assert await _domain_names(store) == ["late.mssante.fr"]
+    finally:
+        await store.close()
+
+
+async def test_sqlite_a_database_locked_by_another_process_is_a_sqlalchemy_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Statements the store runs on the driver's own connection (BEGIN IMMEDIATE, a flag
+    change) fail with SQLAlchemy's exceptions, which the callers handle, not sqlite3's."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from store import Flag
+    from store import database as database_module
+    from tests.store.messages import simple_message
+
+    monkeypatch.setattr(database_module, "SQLITE_BUSY_TIMEOUT_MS", 100)
+    path = tmp_path / "c.db"
+    store = await Store.open(f"sqlite:///{path}", tmp_path / "blobs")
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        await store.add_domain("hopital-test.mssante.fr")
+        bal = await store.create_bal("jean.dupont@hopital-test.mssante.fr", display_name="J")
+        await store.deliver(bal.address, simple_message(0))
+        inbox = await store.get_folder(bal.address, "INBOX")
+        other.execute("BEGIN IMMEDIATE")  # another process holds SQLite's write lock
+        with pytest.raises(OperationalError, match="locked"):
+            await store.set_flags(inbox.id, [1], flags=Flag.SEEN, mode="add")
+        other.execute("ROLLBACK")
+        changes = await store.set_flags(inbox.id, [1], flags=Flag.SEEN, mode="add")
+        assert [c.uid for c in changes] == [1]
+    finally:
+        other.close()
+        await store.close()
