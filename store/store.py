@@ -355,6 +355,10 @@ def _take_modseqs(conn: Connection, folder_id: int, count: int) -> int:
     return int(conn.execute(_TAKE_MODSEQS, {"folder_id": folder_id, "count": count}).scalar_one())
 
 
+_FlagRow = tuple[int, int, int, int, list[str]]  # row id, UID, MODSEQ, flag bits, keywords
+_FlagPlan = tuple[int, int, int, list[str]]  # row id, UID, new flag bits, new keywords
+
+
 def _set_flags(
     conn: Connection,
     folder_id: int,
@@ -365,23 +369,18 @@ def _set_flags(
     unchanged_since: int | None,
 ) -> list[FlagChange]:
     """The transaction of :meth:`Store.set_flags`, whole (one thread hop on SQLite)."""
+    plan = functools.partial(
+        _plan_flags, flags=flags, keywords=keywords, mode=mode, unchanged_since=unchanged_since
+    )
     if conn.dialect.name == "sqlite":
         with driver_errors("set flags"):
-            return _set_flags_sqlite(
-                conn.connection.driver_connection,
-                folder_id,
-                uids,
-                flags,
-                keywords,
-                mode,
-                unchanged_since,
-            )
+            return _set_flags_sqlite(conn.connection.driver_connection, folder_id, uids, plan)
     _lock_folder(conn, folder_id)
-    current: list[tuple[int, int, int, int, list[str]]] = []
+    current: list[_FlagRow] = []
     for chunk in _chunks(sorted(set(uids))):
         rows = conn.execute(_FLAGS_OF, {"folder_id": folder_id, "uids": chunk}).all()
         current.extend((r.id, r.uid, r.modseq, r.flags, list(r.keywords)) for r in rows)
-    planned = _plan_flags(current, flags, keywords, mode, unchanged_since)
+    planned = plan(current)
     if not planned:
         return []
     modseq = _take_modseqs(conn, folder_id, len(planned)) - len(planned)
@@ -404,16 +403,16 @@ def _set_flags(
 
 
 def _plan_flags(
-    current: Iterable[tuple[int, int, int, int, list[str]]],
+    current: Iterable[_FlagRow],
     flags: Flag,
     keywords: tuple[str, ...],
     mode: Literal["replace", "add", "remove"],
     unchanged_since: int | None,
-) -> list[tuple[int, int, int, list[str]]]:
+) -> list[_FlagPlan]:
     """(row id, UID, new flag bits, new keywords) of the rows ``(row id, UID, MODSEQ, flag
     bits, keywords)`` a flag change alters."""
     bits = int(flags)
-    planned: list[tuple[int, int, int, list[str]]] = []
+    planned: list[_FlagPlan] = []
     for row_id, uid, modseq, old_flags, old_keywords in current:
         if unchanged_since is not None and modseq > unchanged_since:
             continue
@@ -446,22 +445,19 @@ def _set_flags_sqlite(
     raw: Any,
     folder_id: int,
     uids: Sequence[int],
-    flags: Flag,
-    keywords: tuple[str, ...],
-    mode: Literal["replace", "add", "remove"],
-    unchanged_since: int | None,
+    plan: Callable[[list[_FlagRow]], list[_FlagPlan]],
 ) -> list[FlagChange]:
     """:func:`_set_flags` on SQLite's own driver connection, in the transaction SQLAlchemy
     began: a STORE of one message ran six times faster than through SQLAlchemy's statement
     machinery, which was most of the writer thread's work for an IMAP STORE."""
     if raw.execute(_SQLITE_FOLDER_EXISTS, (folder_id,)).fetchone() is None:
         raise StoreError(f"folder {folder_id} does not exist")
-    current: list[tuple[int, int, int, int, list[str]]] = []
+    current: list[_FlagRow] = []
     for chunk in _chunks(sorted(set(uids))):
         query = _SQLITE_FLAGS_OF % ",".join("?" * len(chunk))
         for row_id, uid, modseq, flag_bits, keyword_text in raw.execute(query, (folder_id, *chunk)):
             current.append((row_id, uid, modseq, flag_bits, json.loads(keyword_text)))
-    planned = _plan_flags(current, flags, keywords, mode, unchanged_since)
+    planned = plan(current)
     if not planned:
         return []
     (top,) = raw.execute(_SQLITE_TAKE_MODSEQS, (len(planned), folder_id)).fetchone()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+from store import Flag, Store
+
 
 def simple_message(n: int = 0, *, subject: str = "Compte rendu") -> bytes:
     return (
@@ -50,3 +52,29 @@ def message_of_size(size: int, n: int = 0, *, seed: int | None = None) -> bytes:
         lines.append(bytes(rng.choices(alphabet, k=width)) + b"\r\n")
         remaining -= width + 2
     return head + b"".join(lines) + tail
+
+
+async def random_write(
+    store: Store, bal: str, inbox_id: int, other_id: int, rng: random.Random, step: int
+) -> str:
+    """One write to the INBOX of a seeded random kind (a delivery, a flag change, an expunge,
+    a copy or a move to ``other_id``); returns the kind."""
+    uids = await store.uids(inbox_id)
+    action = rng.choice(["deliver", "flags", "flags", "expunge", "copy", "move"])
+    picked = rng.sample(uids, min(len(uids), rng.randint(1, 3))) if uids else []
+    if action == "deliver" or not picked:
+        await store.deliver(bal, simple_message(step), flags=Flag.SEEN)
+        return "deliver"
+    if action == "flags":
+        await store.set_flags(
+            inbox_id,
+            picked,
+            flags=rng.choice([Flag.SEEN, Flag.DELETED, Flag.FLAGGED]),
+            keywords=rng.choice([(), ("$Label1",)]),
+            mode=rng.choice(["add", "remove", "replace"]),
+        )
+    elif action == "expunge":
+        await store.expunge(inbox_id)
+    else:
+        await store.copy_messages(inbox_id, picked, other_id, move=action == "move")
+    return action

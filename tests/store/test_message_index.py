@@ -13,7 +13,7 @@ from store import Flag, Store
 from store.index import INDEXED_FIELDS, FolderIndex, MessageIndexes
 from store.model import MessageInfo
 from tests.conftest import StoreLocation
-from tests.store.messages import simple_message
+from tests.store.messages import random_write, simple_message
 
 
 def _light(infos: list[MessageInfo] | dict[int, MessageInfo]) -> list[tuple[object, ...]]:
@@ -40,23 +40,7 @@ async def test_the_index_equals_the_database_after_every_kind_of_write(
     largest = 0
     async with store.changes.watch(inbox.id), store.changes.watch(other.id):
         for step in range(80):
-            uids = await store.uids(inbox.id)
-            action = rng.choice(["deliver", "flags", "flags", "expunge", "copy", "move"])
-            picked = rng.sample(uids, min(len(uids), rng.randint(1, 3))) if uids else []
-            if action == "deliver" or not picked:
-                await store.deliver(doctor, simple_message(step), flags=Flag.SEEN)
-            elif action == "flags":
-                await store.set_flags(
-                    inbox.id,
-                    picked,
-                    flags=rng.choice([Flag.SEEN, Flag.DELETED, Flag.FLAGGED]),
-                    keywords=rng.choice([(), ("$Label1",)]),
-                    mode=rng.choice(["add", "remove", "replace"]),
-                )
-            elif action == "expunge":
-                await store.expunge(inbox.id)
-            else:
-                await store.copy_messages(inbox.id, picked, other.id, move=action == "move")
+            action = await random_write(store, doctor, inbox.id, other.id, rng, step)
             if rng.random() < 0.4:
                 for folder in (inbox, other):
                     top = (await store.folder(folder.id)).highest_modseq

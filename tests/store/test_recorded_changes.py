@@ -8,7 +8,7 @@ import random
 from store import Flag, Store
 from store.model import FolderChanges
 from tests.conftest import StoreLocation
-from tests.store.messages import simple_message
+from tests.store.messages import random_write, simple_message
 
 
 async def _from_database(store: Store, folder_id: int, modseq: int) -> FolderChanges:
@@ -29,23 +29,7 @@ async def test_recorded_changes_equal_the_database_answer_after_every_kind_of_wr
         start = (await store.get_folder(doctor, "INBOX")).highest_modseq
         ends = [start]
         for step in range(60):
-            uids = await store.uids(inbox.id)
-            action = rng.choice(["deliver", "flags", "flags", "expunge", "copy", "move"])
-            picked = rng.sample(uids, min(len(uids), rng.randint(1, 3))) if uids else []
-            if action == "deliver" or not picked:
-                await store.deliver(doctor, simple_message(step), flags=Flag.SEEN)
-            elif action == "flags":
-                await store.set_flags(
-                    inbox.id,
-                    picked,
-                    flags=rng.choice([Flag.SEEN, Flag.DELETED, Flag.FLAGGED]),
-                    keywords=rng.choice([(), ("$Label1",)]),
-                    mode=rng.choice(["add", "remove", "replace"]),
-                )
-            elif action == "expunge":
-                await store.expunge(inbox.id)
-            else:
-                await store.copy_messages(inbox.id, picked, other.id, move=action == "move")
+            await random_write(store, doctor, inbox.id, other.id, rng, step)
             ends.append((await store.get_folder(doctor, "INBOX")).highest_modseq)
         top = ends[-1]
         assert len(set(ends)) > 40
