@@ -40,6 +40,7 @@ class BlobStore:
 
     def __init__(self, root: Path | str, *, io_threads: int = 32) -> None:
         self.root = Path(root)
+        self._root = str(self.root)
         self._tmp = self.root / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="blob-io")
@@ -130,10 +131,23 @@ class BlobStore:
         return await loop.run_in_executor(self._executor, self.read_sync, digest)
 
     def read_sync(self, digest: str) -> bytes:
+        if not _DIGEST.match(digest):
+            raise InvalidInput(f"not a blob digest: {digest!r}")
+        # os calls, not pathlib: a FETCH of one small message spent a quarter of its time
+        # building Path objects and a buffered reader.
         try:
-            return self.path(digest).read_bytes()
+            fd = os.open(f"{self._root}/{digest[:2]}/{digest[2:4]}/{digest}", os.O_RDONLY)
         except FileNotFoundError:
             raise BlobMissing(digest) from None
+        try:
+            size = os.fstat(fd).st_size
+            chunks = []
+            while size > 0 and (chunk := os.read(fd, size)):
+                chunks.append(chunk)
+                size -= len(chunk)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        finally:
+            os.close(fd)
 
     async def read_range(self, digest: str, start: int, end: int) -> bytes:
         """Octets ``[start, end)`` of a blob: a partial IMAP FETCH reads only what it sends."""
