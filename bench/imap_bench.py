@@ -3,7 +3,7 @@
     scripts/bench-services.sh   # Debian's dovecot-core + dovecot-imapd (services off)
     .venv/bin/python -m bench.imap_bench [--quick] [--messages 1000] [--seconds 5] [--rounds 3]
         [--concurrency 1,10] [--idle-bals 90] [--idle-per-bal 100] [--idle-big 1000]
-        [--idle-repeats 5] [--no-profile] [--no-write] [--keep DIR]
+        [--idle-repeats 5] [--no-profile] [--no-write] [--keep DIR] [--dovecot-mail-fsync always]
 
 Both servers run privately in one temporary directory, on 127.0.0.1 only, over implicit TLS
 (the TEST IGC-Santé operator certificate and key, TLS >= 1.2), holding the SAME messages (a
@@ -504,6 +504,8 @@ class Colombe(Target):
 @dataclass
 class Dovecot(Target):
     base: Path = Path()
+    # None: Debian's default (``optimized``: mail files fsync'd, index and flag changes not).
+    mail_fsync: str | None = None
 
     @property
     def dc(self) -> Path:
@@ -548,6 +550,7 @@ userdb {{
 protocol imap {{
   mail_max_userip_connections = 2000
 }}
+{f"mail_fsync = {self.mail_fsync}" if self.mail_fsync else ""}
 service imap-login {{
   inet_listener imap {{
     port = 0
@@ -1122,7 +1125,12 @@ def report(
         f"IMAP client); each figure is the median of {args.rounds} rounds of {args.seconds:g} s "
         "(rounds alternate the servers). CPU columns: cores used by the client process and by "
         "the server (Colombe: its one process; Dovecot: master and every child, reaped ones "
-        "included).",
+        "included)."
+        + (
+            f" Dovecot ran with ``mail_fsync = {args.dovecot_mail_fsync}``."
+            if args.dovecot_mail_fsync
+            else ""
+        ),
         "",
         "| operation | c | Colombe ops/s | Dovecot ops/s | Colombe/Dovecot | Colombe CPU "
         "(server / client) | Dovecot CPU (server / client) |",
@@ -1263,7 +1271,7 @@ async def main(args: argparse.Namespace) -> int:
         trust.write_bytes(pki.roots_path.read_bytes() + pki.intermediates_path.read_bytes())
         ctx = client_context(trust)
         colombe = Colombe("Colombe", free_port(), free_port(), base=base)
-        dovecot = Dovecot("Dovecot", 0, 0, base=base)
+        dovecot = Dovecot("Dovecot", 0, 0, base=base, mail_fsync=args.dovecot_mail_fsync)
         dovecot.port = dovecot.setup_port = free_port()
         stack.callback(colombe.stop)
         stack.callback(dovecot.stop)
@@ -1379,6 +1387,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-profile", action="store_true")
     p.add_argument("--wait-quiet", type=float, default=30.0)
     p.add_argument("--no-write", action="store_true")
+    p.add_argument(
+        "--dovecot-mail-fsync",
+        choices=["optimized", "always", "never"],
+        help="Dovecot's mail_fsync (default: Debian's, optimized); 'always' fsyncs flag changes "
+        "as Colombe does",
+    )
     p.add_argument("--keep", help="run in this directory and keep it (logs, profiles)")
     p.add_argument("--serve-colombe", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
