@@ -388,7 +388,7 @@ class HopWriteEngine:
                     await self._acquire()
                 except SQLAlchemyTimeout as exc:
                     # Only those that waited their whole lock_timeout give up; the ones
-                    # queued meanwhile wait their own.
+                    # queued meanwhile wait their own (a new round: at most twice as long).
                     now = loop.time()
                     for job in self._queued:
                         if now - job.queued_at >= self.lock_timeout and not job.future.done():
@@ -453,6 +453,8 @@ class HopWriteEngine:
                     try:
                         value = job.fn(conn, *job.args)
                     except Exception as exc:
+                        if not raw.in_transaction:
+                            raise  # SQLite undid the whole transaction (I/O error, disk full)
                         with driver_errors("ROLLBACK TO job"):
                             raw.execute("ROLLBACK TO job")
                             raw.execute("RELEASE job")

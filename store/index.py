@@ -104,7 +104,7 @@ class MessageIndexes:
         """Evicts the least recently used indexes until ``index`` fits in the budget; False
         (and ``index`` dropped) when it cannot fit alone."""
         if len(index.messages) > self.budget:
-            self.drop(index.folder_id)
+            self.discard(index)
             return False
         total = sum(len(i.messages) for i in self._indexes.values())
         while total > self.budget:
@@ -118,6 +118,11 @@ class MessageIndexes:
     def drop(self, folder_id: int) -> None:
         # A reader in the middle of a refresh keeps its copy: it is still exact as of its MODSEQ.
         self._indexes.pop(folder_id, None)
+
+    def discard(self, index: FolderIndex) -> None:
+        """Drop ``index`` if it is still the one held for its folder (not a newer one)."""
+        if self._indexes.get(index.folder_id) is index:
+            del self._indexes[index.folder_id]
 
     def __contains__(self, folder_id: int) -> bool:
         return folder_id in self._indexes

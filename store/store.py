@@ -1255,7 +1255,8 @@ class Store(DirectoryStateStore, AddressBookStore):
                         changes = await self._changes_since(folder_id, index.modseq)
                     # Every read before the index changes: a reader served between two awaits
                     # (its MODSEQ already covered) must never find the MODSEQ advanced and the
-                    # new messages missing, nor a failed read leave it so.
+                    # new messages missing, and a failed read (or a client gone) leaves the
+                    # index as it was, exact as of its own MODSEQ.
                     new = index.new_uids(changes)
                     rows = (
                         await self.list_messages(folder_id, new, columns=INDEXED_FIELDS)
@@ -1263,12 +1264,9 @@ class Store(DirectoryStateStore, AddressBookStore):
                         else []
                     )
                     index.apply(changes, new, rows)
-            except StoreError:
-                self.indexes.drop(folder_id)
+            except StoreError:  # the folder is gone
+                self.indexes.discard(index)
                 return None
-            except BaseException:
-                self.indexes.drop(folder_id)
-                raise
             if not self.indexes.fits(index):
                 self._unindexed[folder_id] = time.monotonic() + UNINDEXED_RETRY
                 return None

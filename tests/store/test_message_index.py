@@ -215,3 +215,16 @@ async def test_a_reader_during_a_refresh_never_sees_the_new_modseq_without_the_n
     again = await store.indexed_messages(inbox.id, top)
     assert again is not None
     assert list(again) == [1, 2]
+
+
+def test_an_old_index_that_fails_or_overflows_leaves_the_newer_one_of_its_folder() -> None:
+    registry = MessageIndexes(budget=1)
+    old = registry.get(5)
+    registry.drop(5)  # evicted while a refresh of ``old`` ran
+    newer = registry.get(5)
+    old.messages = {1: None, 2: None}  # type: ignore[dict-item]
+    assert not registry.fits(old)
+    registry.discard(old)
+    assert registry.get(5) is newer
+    registry.discard(newer)
+    assert 5 not in registry
