@@ -383,22 +383,20 @@ def _set_flags(
     planned = plan(current)
     if not planned:
         return []
-    modseq = _take_modseqs(conn, folder_id, len(planned)) - len(planned)
-    changes: list[FlagChange] = []
-    updates: list[dict[str, Any]] = []
-    for row_id, uid, flag_bits, keyword_list in planned:
-        modseq += 1
-        updates.append(
+    changes = _numbered(planned, _take_modseqs(conn, folder_id, len(planned)))
+    conn.execute(
+        _SET_FLAGS,
+        [
             {
                 "row_id": row_id,
                 "new_flags": flag_bits,
                 "new_keywords": keyword_list,
-                "new_modseq": modseq,
+                "new_modseq": change.modseq,
             }
-        )
-        changes.append(FlagChange(uid, modseq, _flag(flag_bits), tuple(keyword_list)))
-    conn.execute(_SET_FLAGS, updates)
-    notify_other_processes(conn, folder_id, modseq)
+            for (row_id, _, flag_bits, keyword_list), change in zip(planned, changes, strict=True)
+        ],
+    )
+    notify_other_processes(conn, folder_id, changes[-1].modseq)
     return changes
 
 
@@ -427,6 +425,15 @@ def _plan_flags(
         if new_flags != old_flags or new_keywords != old_keywords:
             planned.append((row_id, uid, new_flags, new_keywords))
     return planned
+
+
+def _numbered(planned: list[_FlagPlan], top: int) -> list[FlagChange]:
+    """The planned changes with the MODSEQs taken for them, ``top`` the highest."""
+    first = top - len(planned) + 1
+    return [
+        FlagChange(uid, first + n, _flag(flag_bits), tuple(keyword_list))
+        for n, (_, uid, flag_bits, keyword_list) in enumerate(planned)
+    ]
 
 
 # The statements of _set_flags_sqlite, as the schema names them (tests run both paths).
@@ -461,14 +468,14 @@ def _set_flags_sqlite(
     if not planned:
         return []
     (top,) = raw.execute(_SQLITE_TAKE_MODSEQS, (len(planned), folder_id)).fetchone()
-    modseq = top - len(planned)
-    changes: list[FlagChange] = []
-    updates: list[tuple[int, str, int, int]] = []
-    for row_id, uid, flag_bits, keyword_list in planned:
-        modseq += 1
-        updates.append((flag_bits, compact_json(keyword_list), modseq, row_id))
-        changes.append(FlagChange(uid, modseq, _flag(flag_bits), tuple(keyword_list)))
-    raw.executemany(_SQLITE_SET_FLAGS, updates)
+    changes = _numbered(planned, top)
+    raw.executemany(
+        _SQLITE_SET_FLAGS,
+        [
+            (flag_bits, compact_json(keyword_list), change.modseq, row_id)
+            for (row_id, _, flag_bits, keyword_list), change in zip(planned, changes, strict=True)
+        ],
+    )
     return changes
 
 
@@ -1326,7 +1333,7 @@ class Store(DirectoryStateStore, AddressBookStore):
         seen, deleted = int(Flag.SEEN), int(Flag.DELETED)
         flags = messages.c.flags
         async with self.db.fast_reader.connect() as conn:
-            row = (await conn.execute(select(folders).where(folders.c.id == folder_id))).first()
+            row = (await conn.execute(_FOLDER_BY_ID, {"folder_id": folder_id})).first()
             if row is None:
                 raise StoreError(f"folder {folder_id} does not exist")
             counts = (
